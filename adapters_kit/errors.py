@@ -1,0 +1,21 @@
+"""Errors raised at the package's edges. Each message names the bad value and the fix."""
+
+
+class AdaptersKitError(Exception):
+    """Base class: every error this package raises on purpose."""
+
+
+class TaskError(AdaptersKitError, ValueError):
+    """A task name, task card or task spec is wrong."""
+
+
+class DataError(AdaptersKitError, ValueError):
+    """A dataset is missing, unreadable, or does not fit its task."""
+
+
+class BackboneError(AdaptersKitError, ValueError):
+    """A backbone cannot be loaded or is not a supported architecture."""
+
+
+class AdapterFileError(AdaptersKitError, ValueError):
+    """An adapter directory is corrupt, foreign, or unsafe; nothing was loaded from it."""

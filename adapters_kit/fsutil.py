@@ -1,0 +1,104 @@
+"""Atomic directory writes and file hashing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+_TMP_PREFIX = ".tmp-"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def recover_directory(parent: Path, older_than_s: float = 3600.0) -> None:
+    """Undo what a writer that crashed left behind in `parent`.
+
+    An overwrite moves the old directory aside before the new one takes its name; if the
+    writer died between those two renames, the old directory is put back. Other stale
+    temporary directories are removed.
+    """
+    if not parent.is_dir():
+        return
+    for old in parent.glob(_TMP_PREFIX + "old-*"):
+        name = old.name[len(_TMP_PREFIX + "old-") :].rsplit("-", 1)[0]
+        if not (parent / name).exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, parent / name)
+    now = time.time()
+    for p in parent.glob(_TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `target`; on success it becomes `target` in one rename.
+
+    A crash at any point leaves either no `target` or the complete old one, never a partial
+    directory. With `overwrite`, an existing `target` is swapped out only after the new one
+    is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + target.name + "-", dir=target.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        _fsync_tree(tmp)
+        if target.exists():
+            old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        with contextlib.suppress(OSError):
+            fd = os.open(target.parent, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,57 @@
+"""Task heads: how each task kind turns logits into a loss and into predictions.
+
+The head's modules are the backbone's own (`pre_classifier` or the pooler, then
+`classifier`), so plain peft rebuilds them; this module owns what the kinds mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PROBLEM_TYPE = {
+    "classification": "single_label_classification",
+    "multi-label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if kind == "classification":
+        return F.cross_entropy(logits, targets)
+    if kind == "multi-label":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return F.mse_loss(logits.reshape(-1), targets)
+
+
+def encoder_cls(arch: str, model: torch.nn.Module, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first token's final hidden state [B, hidden], as the HF classification heads read it."""
+    encoder = model.distilbert if arch == "distilbert" else model.albert
+    return encoder(input_ids=input_ids, attention_mask=attention_mask)[0][:, 0]
+
+
+def dense_activation(arch: str, x: torch.Tensor) -> torch.Tensor:
+    """DistilBERT: ReLU after `pre_classifier`; ALBERT: tanh after the pooler (eval mode)."""
+    return F.relu(x) if arch == "distilbert" else torch.tanh(x)
+
+
+def dense_module(arch: str, model: torch.nn.Module) -> torch.nn.Module:
+    return model.pre_classifier if arch == "distilbert" else model.albert.pooler
+
+
+def decode(kind: str, labels: list[str], logits: torch.Tensor, threshold: float = 0.5) -> list[dict]:
+    """Predictions for one task's rows: [{"label", "scores"}], multi-label adds "labels"."""
+    logits = logits.float()
+    if kind == "regression":
+        return [{"label": None, "value": float(v)} for v in logits.reshape(-1)]
+    probs = logits.softmax(-1) if kind == "classification" else logits.sigmoid()
+    out = []
+    for row in probs:
+        scores = {name: float(p) for name, p in zip(labels, row)}
+        if kind == "classification":
+            out.append({"label": labels[int(row.argmax())], "scores": scores})
+        else:
+            chosen = sorted((n for n, p in scores.items() if p >= threshold), key=lambda n: -scores[n])
+            out.append({"label": chosen[0] if chosen else None, "labels": chosen, "scores": scores})
+    return out

@@ -1,0 +1,133 @@
+"""A linear layer that holds every resident LoRA adapter in stacked slots.
+
+Each adapted `nn.Linear` of the frozen base is wrapped once. Adapters live in slots of two
+banks, padded to the largest rank; slot 0 is all zeros and means "no adapter". A batch carries
+one slot per row, so rows of different tasks share one pass through the base:
+
+    y = base(x) + (x @ A[slot]^T) @ B[slot]^T        (B is stored pre-multiplied by the scale)
+
+Switching tasks changes an index; loading an adapter writes one slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class Router:
+    """Which slot each row of the current batch uses; one value per thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        return getattr(self._local, "rows", None)
+
+    @property
+    def single(self) -> int | None:
+        return getattr(self._local, "single", None)
+
+    @contextlib.contextmanager
+    def route(self, slots: torch.Tensor) -> Iterator[None]:
+        """Route rows to `slots` ([B] long) for the duration of a forward pass."""
+        uniq = torch.unique(slots)
+        self._local.rows = slots
+        self._local.single = int(uniq[0]) if len(uniq) == 1 else None
+        try:
+            yield
+        finally:
+            self._local.rows = None
+            self._local.single = None
+
+
+class LoraBankLinear(nn.Module):
+    """A frozen `nn.Linear` plus a bank of LoRA slots."""
+
+    def __init__(self, base: nn.Linear, router: Router) -> None:
+        super().__init__()
+        self.base = base
+        self.router = router
+        # [capacity, r_max, d_in]; slot 0 stays zero
+        self.register_buffer("lora_A", torch.zeros(0, 0, base.in_features), persistent=False)
+        # [capacity, d_out, r_max]; stored as scale * B
+        self.register_buffer("lora_B", torch.zeros(0, base.out_features, 0), persistent=False)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # modules that read `.weight.dtype` keep working
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def _grow(self, capacity: int, rank: int) -> None:
+        cap0, r0 = self.lora_A.shape[0], self.lora_A.shape[1]
+        if capacity <= cap0 and rank <= r0:
+            return
+        capacity, rank = max(capacity, cap0), max(rank, r0)
+        a = self.lora_A.new_zeros(capacity, rank, self.in_features)
+        b = self.lora_B.new_zeros(capacity, self.out_features, rank)
+        a[:cap0, :r0] = self.lora_A
+        b[:cap0, :, :r0] = self.lora_B
+        self.lora_A, self.lora_B = a, b
+
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float, capacity: int) -> None:
+        """Write one adapter's factors (A [r, d_in], B [d_out, r]) into `slot`."""
+        r = a.shape[0]
+        self._grow(capacity, r)
+        dtype = self.lora_A.dtype
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        self.lora_A[slot, :r] = a.to(dtype)
+        self.lora_B[slot, :, :r] = (b.to(torch.float32) * scale).to(dtype)
+
+    def clear_slot(self, slot: int) -> None:
+        if slot < self.lora_A.shape[0]:
+            self.lora_A[slot].zero_()
+            self.lora_B[slot].zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        rows = self.router.rows
+        if rows is None or self.lora_A.shape[0] == 0:
+            return out
+        single = self.router.single
+        if single is not None:
+            if single == 0 or single >= self.lora_A.shape[0]:
+                return out
+            return out + (x @ self.lora_A[single].T) @ self.lora_B[single].T
+        rows = rows.clamp(max=self.lora_A.shape[0] - 1) * (rows < self.lora_A.shape[0])
+        a = self.lora_A[rows]  # [B, r, d_in]
+        b = self.lora_B[rows]  # [B, d_out, r]
+        x3 = x if x.dim() == 3 else x.unsqueeze(1)  # [B, T, d_in]
+        delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
+        return out + (delta if x.dim() == 3 else delta.squeeze(1))
+
+
+def inject(model: nn.Module, suffixes: list[str], router: Router) -> dict[str, LoraBankLinear]:
+    """Wrap every `nn.Linear` whose name ends with one of `suffixes`; returns them by path."""
+    banks = {}
+    for path, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and any(
+            path == s or path.endswith("." + s) for s in suffixes
+        ):
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            bank = LoraBankLinear(module, router)
+            setattr(parent, child, bank)
+            banks[path] = bank
+    return banks

@@ -1,0 +1,186 @@
+"""One frozen base model, many resident task adapters, batches that mix tasks.
+
+    model = MultiTaskModel("embedded-distilbert")
+    model.load("adapters/sst2")
+    model.load("adapters/support_intent")
+    model.predict("sst2", ["a charming film"])
+    model.predict_mixed([("sst2", "dull"), ("support_intent", "refund please")])
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import heads
+from .backbones import HEAD_DENSE, TARGET_PRESETS, Backbone, fingerprint
+from .data import collate
+from .errors import AdapterFileError, DataError
+from .lora_bank import Router, inject
+from .store import AdapterFiles, check_against_base, read_adapter
+
+TextInput = str | tuple[str, str] | list[str]
+
+
+@dataclass
+class ResidentTask:
+    """A task whose adapter occupies a slot."""
+
+    name: str
+    slot: int
+    kind: str
+    labels: list[str]
+    pair: bool
+    max_length: int
+    head_weight: torch.Tensor  # [n_outputs, hidden]
+    head_bias: torch.Tensor | None  # [n_outputs]
+    dense: tuple[torch.Tensor, torch.Tensor] | None  # a head dense saved whole: [h, h], [h]
+    path: Path
+    nbytes: int
+
+
+class MultiTaskModel:
+    """A shared base with a bank of LoRA adapters and one head per task."""
+
+    def __init__(self, backbone: str | Path = "embedded-distilbert", capacity: int = 8) -> None:
+        self.backbone = Backbone.resolve(backbone)
+        self.arch = self.backbone.arch
+        self.model = self.backbone.load_model(num_labels=1)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.fingerprint = fingerprint(self.model)
+        self.tokenizer = self.backbone.tokenizer()
+        self.router = Router()
+        self.dense_name = "pre_classifier" if self.arch == "distilbert" else "albert.pooler"
+        targets = TARGET_PRESETS[self.arch]["all-linear"] + [HEAD_DENSE[self.arch]]
+        self.banks = inject(self.model, targets, self.router)
+        self.capacity = capacity
+        self.tasks: dict[str, ResidentTask] = {}
+        self._free = list(range(capacity - 1, 0, -1))  # slot 0 means "no adapter"
+        self._lock = threading.RLock()
+
+    # -- adapters -------------------------------------------------------------------------------
+
+    def _take_slot(self) -> int:
+        if not self._free:
+            old = self.capacity
+            self.capacity *= 2
+            self._free = list(range(self.capacity - 1, old - 1, -1))
+        return self._free.pop()
+
+    def load(self, path: str | Path | AdapterFiles, name: str | None = None) -> str:
+        """Make an adapter resident (verified first); a no-op if it is already resident."""
+        files = path if isinstance(path, AdapterFiles) else read_adapter(path)
+        name = name or files.name
+        with self._lock:
+            current = self.tasks.get(name)
+            if current is not None and current.path == files.path:
+                return name
+            check_against_base(files, self.model, self.fingerprint)
+            pairs = files.lora_pairs()
+            unknown = sorted(set(pairs) - set(self.banks))
+            if unknown:
+                raise AdapterFileError(f"adapter {files.path} targets {unknown}, which this "
+                                       "runtime does not adapt; nothing was loaded")
+            slot = self._take_slot()
+            for module, (a, b) in pairs.items():
+                self.banks[module].set_slot(slot, a, b, files.scale(module), self.capacity)
+            task = files.task["task"]
+            w, bias = files.head()
+            resident = ResidentTask(
+                name=name, slot=slot, kind=task["kind"], labels=list(task["labels"]),
+                pair=len(task["text_fields"]) == 2, max_length=task.get("max_length", 512),
+                head_weight=w.float(), head_bias=None if bias is None else bias.float(),
+                dense=files.dense_override(self.dense_name), path=files.path, nbytes=files.nbytes)
+            self.tasks[name] = resident
+            if current is not None:
+                self._release(current)
+        return name
+
+    def _release(self, task: ResidentTask) -> None:
+        for bank in self.banks.values():
+            bank.clear_slot(task.slot)
+        self._free.append(task.slot)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            task = self.tasks.pop(name, None)
+            if task is None:
+                raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+            self._release(task)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def _encode(self, task: ResidentTask, item: TextInput) -> list[int]:
+        parts = [item] if isinstance(item, str) else list(item)
+        if len(parts) != (2 if task.pair else 1) or not all(isinstance(p, str) for p in parts):
+            want = "a pair of texts" if task.pair else "one text"
+            raise DataError(f"task {task.name!r} takes {want} per input, got {item!r}")
+        return self.tokenizer(*parts, truncation=True, max_length=task.max_length)["input_ids"]
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
+        """Raw outputs for token ids, each row through its own task's adapter and head."""
+        input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0)
+        slots = torch.tensor([t.slot for t in tasks], dtype=torch.long)  # [B]
+        with self.router.route(slots):
+            cls = heads.encoder_cls(self.arch, self.model, input_ids, mask)  # [B, hidden]
+            shared = heads.dense_activation(self.arch, heads.dense_module(self.arch, self.model)(cls))
+        out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
+        groups: dict[str, list[int]] = {}
+        for row, t in enumerate(tasks):
+            groups.setdefault(t.name, []).append(row)
+        for rows in groups.values():  # heads are small: one matmul per task in the batch
+            t = tasks[rows[0]]
+            feats = shared[rows]
+            if t.dense is not None:
+                w, b = t.dense
+                feats = heads.dense_activation(self.arch, cls[rows] @ w.T + b)
+            logits = feats @ t.head_weight.T
+            if t.head_bias is not None:
+                logits = logits + t.head_bias
+            for i, row in enumerate(rows):
+                out[row] = logits[i]
+        return out
+
+    def logits_mixed(self, requests: list[tuple[str, TextInput]],
+                     batch_size: int = 64) -> list[torch.Tensor]:
+        """Raw outputs per request, in order; one base pass per batch whatever the task mix."""
+        with self._lock:
+            resolved = [(self._task(name), item) for name, item in requests]
+        encoded = [(t, self._encode(t, item)) for t, item in resolved]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
+        out: list[torch.Tensor | None] = [None] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows = self._forward([encoded[i][1] for i in idx], [encoded[i][0] for i in idx])
+            for i, row in zip(idx, rows):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
+    def _task(self, name: str) -> ResidentTask:
+        task = self.tasks.get(name)
+        if task is None:
+            raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+        return task
+
+    def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:
+        """Predictions for (task, input) pairs of any tasks, in input order."""
+        logits = self.logits_mixed(requests)
+        out = []
+        for (name, _), row in zip(requests, logits):
+            t = self._task(name)
+            pred = heads.decode(t.kind, t.labels, row.unsqueeze(0))[0]
+            out.append({"task": name, **pred})
+        return out
+
+    def predict(self, task: str, inputs: list[TextInput]) -> list[dict]:
+        """Predictions for one task's inputs, in order."""
+        return [{k: v for k, v in p.items() if k != "task"}
+                for p in self.predict_mixed([(task, x) for x in inputs])]
+
+    def logits(self, task: str, inputs: list[TextInput]) -> torch.Tensor:
+        return torch.stack(self.logits_mixed([(task, x) for x in inputs]))

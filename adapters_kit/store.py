@@ -1,0 +1,253 @@
+"""The adapter directory format: writing it atomically, reading it back verified.
+
+One directory per task adapter:
+
+    adapter_config.json        peft's LoraConfig (plain `PeftModel.from_pretrained` reads it)
+    adapter_model.safetensors  LoRA factors and the whole task classifier, under peft's key names
+    task.json                  the task card, labels, metrics, base fingerprint, versions, time
+    curves.png                 training loss and dev metric (when trained here)
+    checksums.json             sha256 of every other file
+
+Adapter files are untrusted input: only safetensors is read, never pickle, and every check
+(checksum, format, shapes, base fingerprint) passes before a tensor is handed to anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .backbones import HEAD_OUT
+from .errors import AdapterFileError
+from .fsutil import atomic_directory, recover_directory, sha256_file
+
+FORMAT_VERSION = 1
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+TASK = "task.json"
+CHECKSUMS = "checksums.json"
+_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_PREFIX = "base_model.model."
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("adapters-kit", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_checksums(directory: Path) -> None:
+    sums = {p.name: sha256_file(p) for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != CHECKSUMS}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+
+
+def save_adapter(directory: Path, peft_model, task: dict, overwrite: bool = False,
+                 extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a trained peft model's adapter (LoRA + classifier) and `task` metadata atomically."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    recover_directory(directory.parent)
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        config = peft_model.peft_config["default"]
+        config.inference_mode = True
+        config.save_pretrained(str(tmp))
+        state = get_peft_model_state_dict(peft_model)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt"})
+        meta = {"format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                time.gmtime()), "versions": package_versions(), **task}
+        (tmp / TASK).write_text(json.dumps(meta, indent=2, default=str))
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        write_checksums(tmp)
+    return directory
+
+
+@dataclass
+class AdapterFiles:
+    """A verified adapter directory in memory."""
+
+    path: Path
+    config: dict
+    task: dict
+    tensors: dict[str, torch.Tensor]
+    nbytes: int
+
+    @property
+    def name(self) -> str:
+        return self.task["task"]["name"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.task["backbone"]["fingerprint"]
+
+    def lora_pairs(self, include_head: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Module path (relative to the HF model) -> (A [r, d_in], B [d_out, r])."""
+        out = {}
+        for key, a in self.tensors.items():
+            if key.endswith(".lora_A.weight"):
+                module = key[len(_PREFIX) : -len(".lora_A.weight")]
+                if module == HEAD_OUT and not include_head:
+                    continue
+                out[module] = (a, self.tensors[key.replace(".lora_A.", ".lora_B.")])
+        return out
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The task classifier as a dense weight [n_outputs, hidden] and bias [n_outputs].
+
+        Saved whole (peft's `modules_to_save`), or as LoRA over the base's zero classifier.
+        """
+        full = self.tensors.get(_PREFIX + HEAD_OUT + ".weight")
+        if full is not None:
+            return full, self.tensors.get(_PREFIX + HEAD_OUT + ".bias")
+        a, b = self.lora_pairs(include_head=True)[HEAD_OUT]
+        return (b.float() @ a.float()) * self.scale(HEAD_OUT), None
+
+    def dense_override(self, module: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A head dense layer saved whole (the naive design), if this adapter has one."""
+        w = self.tensors.get(f"{_PREFIX}{module}.weight")
+        return None if w is None else (w, self.tensors[f"{_PREFIX}{module}.bias"])
+
+    def scale(self, module: str) -> float:
+        r = self.config.get("rank_pattern", {}).get(module, self.config["r"])
+        alpha = self.config.get("alpha_pattern", {}).get(module, self.config["lora_alpha"])
+        return alpha / (r**0.5) if self.config.get("use_rslora") else alpha / r
+
+
+def _refuse(path: Path, why: str, fix: str) -> AdapterFileError:
+    return AdapterFileError(f"adapter {path} refused: {why}; {fix}. Nothing was loaded from it")
+
+
+def read_adapter(path: str | Path) -> AdapterFiles:
+    """Read and verify an adapter directory's own integrity (not yet against a base)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFileError(f"adapter directory {path} does not exist")
+    pickles = [p.name for p in path.iterdir() if p.suffix.lower() in _PICKLES]
+    if pickles:
+        raise _refuse(path, f"it holds pickle files {pickles}, which can run code when read",
+                      "re-save the adapter as safetensors (peft: save_pretrained(..., "
+                      "safe_serialization=True)) and delete the pickle files")
+    for required in (CONFIG, WEIGHTS, TASK, CHECKSUMS):
+        if not (path / required).is_file():
+            raise _refuse(path, f"{required} is missing", "re-export the adapter with adapters-kit")
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _refuse(path, f"{CHECKSUMS} is not valid JSON ({e})", "re-export the adapter") from e
+    for name in (CONFIG, WEIGHTS, TASK):
+        if name not in sums:
+            raise _refuse(path, f"{CHECKSUMS} does not cover {name}", "re-export the adapter")
+    for name, expected in sums.items():
+        f = path / name
+        if not f.is_file() or sha256_file(f) != expected:
+            raise _refuse(path, f"checksum mismatch for {name} (the file changed or is corrupt)",
+                          "copy the adapter again from its source, or retrain it")
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        task = json.loads((path / TASK).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _refuse(path, f"metadata is not valid JSON ({e})", "re-export the adapter") from e
+    if config.get("peft_type") != "LORA":
+        raise _refuse(path, f"peft_type is {config.get('peft_type')!r}, not 'LORA'",
+                      "only LoRA adapters are supported")
+    if task.get("format_version") != FORMAT_VERSION:
+        raise _refuse(path, f"format_version {task.get('format_version')!r} is not "
+                      f"{FORMAT_VERSION}", "upgrade adapters-kit or re-export the adapter")
+    try:
+        tensors = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
+                      "copy the adapter again; the file may be truncated") from e
+    if _PREFIX + HEAD_OUT + ".weight" not in tensors and \
+            _PREFIX + HEAD_OUT + ".lora_A.weight" not in tensors:
+        raise _refuse(path, "it has no task head (classifier) weights",
+                      "train it with adapters-kit, which saves the head with the adapter")
+    nbytes = sum((path / n).stat().st_size for n in sums)
+    files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes)
+    for module, (a, b) in files.lora_pairs(include_head=True).items():
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+            raise _refuse(path, f"LoRA factors of {module} have shapes {tuple(a.shape)} and "
+                          f"{tuple(b.shape)}, which do not multiply", "re-export the adapter")
+    return files
+
+
+def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint: str) -> None:
+    """Refuse an adapter made for another base: fingerprint, module names and shapes."""
+    if files.fingerprint != fingerprint:
+        raise _refuse(files.path, f"it was trained on base {files.fingerprint[:12]} "
+                      f"({files.task['backbone'].get('name')}), not this base {fingerprint[:12]}",
+                      "load it with the backbone it was trained on, or retrain it on this one")
+    task = files.task["task"]
+    n_out = 1 if task["kind"] == "regression" else len(task["labels"])
+    for module, (a, b) in files.lora_pairs(include_head=True).items():
+        try:
+            layer = model.get_submodule(module)
+        except AttributeError:
+            raise _refuse(files.path, f"module {module} does not exist in this base",
+                          "check the backbone and the target preset") from None
+        layer = getattr(layer, "base", layer)
+        if not isinstance(layer, torch.nn.Linear):
+            raise _refuse(files.path, f"module {module} is not a linear layer", "check the backbone")
+        out_features = n_out if module == HEAD_OUT else layer.out_features
+        if a.shape[1] != layer.in_features or b.shape[0] != out_features:
+            raise _refuse(files.path, f"LoRA for {module} is {tuple(b.shape[:1])}x{tuple(a.shape[1:])}"
+                          f" but the base layer is {layer.out_features}x{layer.in_features}",
+                          "use the backbone the adapter was trained on")
+    w, bias = files.head()
+    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim
+    if tuple(w.shape) != (n_out, hidden) or (bias is not None and tuple(bias.shape) != (n_out,)):
+        raise _refuse(files.path, f"the classifier is {tuple(w.shape)} but this base and task need "
+                      f"({n_out}, {hidden})", "use the backbone the adapter was trained on")
+
+
+@dataclass
+class AdapterStore:
+    """A folder of adapter directories, one per task name."""
+
+    root: Path
+    checkpoints: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.checkpoints = self.root / ".checkpoints"
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        recover_directory(self.root)
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / TASK).exists())
+
+    def info(self, name: str) -> dict:
+        """The adapter's task.json, unverified (for listings)."""
+        return json.loads((self.path(name) / TASK).read_text())
+
+    def read(self, name: str) -> AdapterFiles:
+        if not (self.path(name)).is_dir():
+            known = ", ".join(self.names()) or "none"
+            raise AdapterFileError(f"no adapter {name!r} in store {self.root}; it holds: {known}")
+        return read_adapter(self.path(name))
+
+    def checkpoint_dir(self, name: str) -> Path:
+        return self.checkpoints / name

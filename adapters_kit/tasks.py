@@ -1,0 +1,237 @@
+"""Task specs, the task registry, and task cards (TOML files in `tasks/`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import TaskError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KINDS = ("classification", "multi-label", "regression")
+METRICS = {
+    "classification": ("accuracy", "f1_macro", "mcc"),
+    "multi-label": ("f1_micro", "f1_macro"),
+    "regression": ("pearson", "spearman"),
+}
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to train and serve one task. Validated once, all problems reported together."""
+
+    name: str
+    """Lower-case identifier: letters, digits, `_` and `-`, starting with a letter."""
+    kind: str = "classification"
+    """One of `classification`, `multi-label`, `regression`."""
+    labels: list[str] = field(default_factory=list)
+    """Label names in output order; empty for regression."""
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    """One column (single text) or two (a text pair)."""
+    label_field: str = "label"
+    """Column holding the label: a name, a raw value in `label_map`, or for multi-label a list
+    or a `label_separator`-joined string."""
+    label_map: dict[str, str] = field(default_factory=dict)
+    """Raw value in the file -> label name, e.g. {"0": "negative"}."""
+    label_separator: str = ","
+    """For multi-label text columns: the separator between labels."""
+    train: str | None = None
+    """Training data: a file path, or a hub dataset name when `format = "hub"`."""
+    dev: str | None = None
+    """Evaluation data; if absent, `dev_fraction` of `train` is held out (seeded)."""
+    test: str | None = None
+    format: str | None = None
+    """csv, tsv, jsonl, parquet or hub; guessed from the file suffix when absent."""
+    encoding: str = "utf-8"
+    dev_fraction: float = 0.1
+    metric: str | None = None
+    """Metric for early stopping and best checkpoint; the kind's first metric by default."""
+    description: str = ""
+    rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    targets: str = "qv"
+    """LoRA target preset: `qv`, `attention` or `all-linear`."""
+    epochs: float = 3.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    max_length: int = 128
+    source: str | None = None
+    """The card file this spec came from, if any."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            problems.append(
+                f"name {self.name!r} must be lower-case letters, digits, '_' or '-', starting "
+                "with a letter (e.g. 'customer_intent')"
+            )
+        if self.kind not in KINDS:
+            problems.append(f"kind {self.kind!r} is not one of {list(KINDS)}")
+        else:
+            if self.kind == "regression" and self.labels:
+                problems.append("a regression task has no labels; remove `labels`")
+            if self.kind != "regression" and len(self.labels) < (2 if self.kind == "classification" else 1):
+                problems.append(f"a {self.kind} task needs `labels` (got {self.labels!r})")
+            if len(set(self.labels)) != len(self.labels):
+                problems.append(f"labels repeat: {self.labels!r}")
+            if self.metric is None:
+                self.metric = METRICS[self.kind][0]
+            elif self.metric not in METRICS[self.kind]:
+                problems.append(f"metric {self.metric!r} does not fit {self.kind}; use one of "
+                                f"{list(METRICS[self.kind])}")
+        if not (1 <= len(self.text_fields) <= 2):
+            problems.append(f"text_fields must name one or two columns, got {self.text_fields!r}")
+        bad_map = sorted(set(self.label_map.values()) - set(self.labels))
+        if bad_map:
+            problems.append(f"label_map maps to {bad_map}, which are not in labels {self.labels}")
+        if self.format is not None and self.format not in FORMATS:
+            problems.append(f"format {self.format!r} is not one of {list(FORMATS)}")
+        if not 0 < self.dev_fraction < 1:
+            problems.append(f"dev_fraction {self.dev_fraction} must be between 0 and 1")
+        for f, lo in (("rank", 1), ("lora_alpha", 1), ("batch_size", 1), ("max_length", 8)):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < lo:
+                problems.append(f"{f} must be an integer >= {lo}, got {getattr(self, f)!r}")
+        if not (self.epochs > 0 and self.learning_rate > 0):
+            problems.append("epochs and learning_rate must be positive")
+        if problems:
+            where = f" (card {self.source})" if self.source else ""
+            raise TaskError(f"task {self.name!r}{where} is invalid:\n  - " + "\n  - ".join(problems))
+        self.label_map = {str(k): v for k, v in self.label_map.items()}
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.kind == "regression" else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | None = None) -> TaskSpec:
+        known = {f.name for f in fields(cls)}
+        flat = dict(d)
+        for section in ("data", "defaults"):  # the card's TOML tables flatten into the spec
+            flat.update(flat.pop(section, {}) or {})
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise TaskError(f"task card {source or flat.get('name')!r} has unknown keys {unknown}; "
+                            f"known keys are {sorted(known - {'source'})}")
+        if source:
+            flat["source"] = source
+        return cls(**flat)
+
+    def with_data(self, train: str | None = None, dev: str | None = None) -> TaskSpec:
+        """A copy pointing at other data files (the CLI's `--data`)."""
+        d = self.to_dict()
+        if train:
+            d.update(train=str(train), format=None)
+            if dev is None:
+                d["dev"] = None
+        if dev:
+            d["dev"] = str(dev)
+        return TaskSpec(**d)
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+_CARDS_LOADED: set[Path] = set()
+
+
+def shared_data_dir() -> Path:
+    """`ADAPTERS_KIT_SHARED_DATA`, else `../shared/data` beside the project checkout."""
+    env = os.environ.get("ADAPTERS_KIT_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def cards_dirs() -> list[Path]:
+    dirs = [Path(__file__).resolve().parent.parent / "tasks"]
+    extra = os.environ.get("ADAPTERS_KIT_TASKS")
+    if extra:
+        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _expand(value: str | None, card_dir: Path) -> str | None:
+    if value is None:
+        return None
+    if value.startswith("{shared}"):
+        return str(shared_data_dir()) + value[len("{shared}") :]
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() or value.startswith(("hf://",)) else (card_dir / p))
+
+
+def load_card(path: str | Path) -> TaskSpec:
+    """Read one TOML task card. Relative data paths are relative to the card's folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise TaskError(f"cannot read task card {path}: {e}") from e
+    data = raw.get("data", {})
+    if data.get("format") != "hub":
+        for key in ("train", "dev", "test"):
+            if key in data:
+                data[key] = _expand(data[key], path.parent)
+    return TaskSpec.from_dict(raw, source=str(path))
+
+
+def load_cards(directory: str | Path) -> list[TaskSpec]:
+    """Register every `*.toml` card in `directory`; a card already registered is skipped."""
+    directory = Path(directory).resolve()
+    specs = []
+    for card in sorted(directory.glob("*.toml")):
+        spec = load_card(card)
+        if spec.name not in _REGISTRY:
+            _REGISTRY[spec.name] = spec
+        specs.append(spec)
+    _CARDS_LOADED.add(directory)
+    return specs
+
+
+def _ensure_cards() -> None:
+    for d in cards_dirs():
+        if d.resolve() not in _CARDS_LOADED:
+            load_cards(d)
+
+
+def register_task(spec: TaskSpec | None = None, /, *, replace: bool = False, **kwargs) -> TaskSpec:
+    """Add a task to the registry: `register_task(TaskSpec(...))` or `register_task(name=..., ...)`."""
+    _ensure_cards()
+    if spec is None:
+        spec = TaskSpec(**kwargs)
+    elif kwargs:
+        raise TaskError("pass either a TaskSpec or keyword fields to register_task, not both")
+    if spec.name in _REGISTRY and not replace:
+        raise TaskError(f"task {spec.name!r} is already registered; pick another name or pass "
+                        "replace=True")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    _ensure_cards()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    p = Path(name)
+    if p.suffix == ".toml" and p.is_file():
+        return load_card(p)
+    known = ", ".join(sorted(_REGISTRY)) or "none"
+    raise TaskError(f"unknown task {name!r}; known tasks: {known}. Add one with a TOML card in "
+                    "tasks/ or register_task(...)")
+
+
+def list_tasks() -> list[TaskSpec]:
+    _ensure_cards()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

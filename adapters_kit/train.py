@@ -1,0 +1,350 @@
+"""Training one task adapter: LoRA + task head on a frozen backbone, with peft."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import heads
+from .backbones import DEFAULT_BACKBONE, HEAD_DENSE, HEAD_OUT, Backbone, fingerprint, target_modules
+from .data import collate, length_grouped_batches, load_splits, tokenize
+from .fsutil import atomic_directory
+from .metrics import score, tfidf_baseline
+from .plots import curves_png
+from .store import WEIGHTS, save_adapter
+from .tasks import TaskSpec, get_task
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Fields left as None take the task card's defaults."""
+
+    backbone: str = DEFAULT_BACKBONE
+    epochs: float | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    rank: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    targets: str | None = None
+    """LoRA target preset: `qv`, `attention` or `all-linear`."""
+    max_length: int | None = None
+    head: str = "lora"
+    """`lora`: the head's dense layer stays frozen and gets a LoRA update (small files).
+    `full`: the dense layer is trained and saved whole (the naive design, for comparison)."""
+    max_train_examples: int | None = None
+    seed: int = 0
+    evals_per_epoch: int = 2
+    patience: int = 4
+    """Stop after this many evaluations without a better dev metric."""
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_seconds: float | None = None
+    """Stop training (keeping the best checkpoint so far) after this many seconds."""
+    threads: int | None = None
+    progress: bool = True
+    resume: bool = True
+    baseline: bool = True
+    overwrite: bool = False
+
+    def resolved(self, spec: TaskSpec) -> dict:
+        keys = ("epochs", "learning_rate", "batch_size", "rank", "lora_alpha", "lora_dropout",
+                "targets", "max_length")
+        out = asdict(self)
+        for k in keys:
+            if out[k] is None:
+                out[k] = getattr(spec, k)
+        if out["head"] not in ("lora", "full"):
+            raise ValueError(f"head {out['head']!r} must be 'lora' or 'full'")
+        return out
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    train_seconds: float
+    examples_seen: int
+    adapter_bytes: int
+    history: dict = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / max(self.train_seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "metrics": self.metrics, "baseline": self.baseline,
+                "train_seconds": round(self.train_seconds, 2), "examples_seen": self.examples_seen,
+                "examples_per_second": round(self.examples_per_second, 1),
+                "adapter_bytes": self.adapter_bytes}
+
+
+def lora_config(arch: str, num_outputs: int, cfg: dict):
+    """The peft LoraConfig for one of the two head designs (see TrainConfig.head)."""
+    from peft import LoraConfig, TaskType
+
+    targets = target_modules(arch, cfg["targets"], cfg["head"])
+    common = {"r": cfg["rank"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
+              "target_modules": targets}
+    if cfg["head"] == "lora":
+        # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its suffix
+        # match also catches DistilBERT's pre_classifier, saving a dim x dim matrix per adapter.
+        # The classifier is a LoRA over a zero base instead; its rank must reach the label count.
+        rank_pattern = {HEAD_OUT: num_outputs} if num_outputs > cfg["rank"] else {}
+        return LoraConfig(**common, rank_pattern=rank_pattern,
+                          alpha_pattern={HEAD_OUT: 2 * num_outputs} if rank_pattern else {})
+    extra = [HEAD_DENSE[arch]] if arch == "albert" else []  # DistilBERT's is caught by "classifier"
+    return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[HEAD_OUT, *extra])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    wrong = [n for n in params if ".lora_" not in n and ".modules_to_save." not in n]
+    # The naming rule decides what trains: LoRA factors and the saved head modules, nothing else.
+    assert not wrong, f"base weights would be trained: {wrong[:5]}"
+    return params
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
+                   batch_size: int = 128) -> torch.Tensor:
+    """Raw outputs [n, n_outputs] in input order, evaluated in length-sorted batches."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = [None] * len(ids)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        input_ids, mask = collate([ids[i] for i in idx], pad_id)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        for row, i in enumerate(idx):
+            out[i] = logits[row]
+    model.train(was_training)
+    return torch.stack(out)
+
+
+class _Checkpoint:
+    """Resume state: trainable tensors, optimizer moments and RNG, written atomically."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.dir, self.key = directory, key
+
+    def save(self, params, optimizer, progress: dict) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"param/{n}": p.detach().clone() for n, p in params.items()}
+        for n, p in params.items():
+            st = optimizer.state.get(p, {})
+            for k in ("exp_avg", "exp_avg_sq"):
+                if k in st:
+                    tensors[f"opt/{k}/{n}"] = st[k]
+            if "step" in st:
+                tensors[f"opt/step/{n}"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+        tensors["rng/torch"] = torch.get_rng_state()
+        with atomic_directory(self.dir, overwrite=True) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+            (tmp / "progress.json").write_text(json.dumps({"key": self.key, **progress}))
+
+    def load(self, params, optimizer) -> dict | None:
+        from safetensors.torch import load_file
+
+        pfile = self.dir / "progress.json"
+        if not pfile.exists():
+            return None
+        progress = json.loads(pfile.read_text())
+        if progress.get("key") != self.key:
+            return None  # a checkpoint of another configuration: start afresh
+        tensors = load_file(str(self.dir / "state.safetensors"))
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(tensors[f"param/{n}"])
+                if f"opt/exp_avg/{n}" in tensors:
+                    optimizer.state[p] = {
+                        "step": tensors[f"opt/step/{n}"].reshape(()).clone(),
+                        "exp_avg": tensors[f"opt/exp_avg/{n}"].clone(),
+                        "exp_avg_sq": tensors[f"opt/exp_avg_sq/{n}"].clone(),
+                    }
+        torch.set_rng_state(tensors["rng/torch"])
+        return progress
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None = None,
+          *, stop_after_step: int | None = None) -> TrainResult:
+    """Train a LoRA adapter and its head for `task`; write the adapter directory to `out_dir`.
+
+    `stop_after_step` ends the run early without saving an adapter (it simulates an
+    interruption; a later call resumes from the last checkpoint).
+    """
+    from peft import get_peft_model, get_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    config = config or TrainConfig()
+    cfg = config.resolved(spec)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not config.overwrite:
+        raise FileExistsError(f"{out_dir} already exists; choose another --out or pass "
+                              "--overwrite to replace it")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    _seed_everything(config.seed)
+    backbone = Backbone.resolve(config.backbone)
+    tokenizer = backbone.tokenizer()
+    train_split, dev_split = load_splits(spec, seed=config.seed,
+                                         max_train=config.max_train_examples)
+    model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE[spec.kind])
+    base_fp = fingerprint(model)
+    lora = lora_config(backbone.arch, spec.num_outputs, cfg)
+    model = get_peft_model(model, lora)
+    model.train()
+    params = _trainable(model)
+
+    pad = tokenizer.pad_token_id or 0
+    train_ids = tokenize(tokenizer, train_split, cfg["max_length"])
+    dev_ids = tokenize(tokenizer, dev_split, cfg["max_length"])
+    lengths = [len(x) for x in train_ids]
+    bs = cfg["batch_size"]
+    steps_per_epoch = math.ceil(len(train_ids) / bs)
+    total_steps = max(1, math.ceil(cfg["epochs"] * steps_per_epoch))
+    eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
+    decay = [p for n, p in params.items() if p.dim() > 1]
+    no_decay = [p for n, p in params.items() if p.dim() <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg["learning_rate"])
+    warmup = int(config.warmup_ratio * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+        (s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+    key_src = {k: v for k, v in cfg.items() if k not in ("progress", "resume", "overwrite",
+                                                         "threads", "baseline", "max_seconds")}
+    key = hashlib.sha256(json.dumps([key_src, spec.to_dict(), base_fp, len(train_ids)],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    ckpt = _Checkpoint(out_dir.parent / ".checkpoints" / out_dir.name, key)
+    state = {"step": 0, "losses": [], "evals": [], "best": None, "best_step": None,
+             "bad_evals": 0, "seconds": 0.0, "seen": 0}
+    best_state: dict[str, torch.Tensor] | None = None
+    if config.resume:
+        loaded = ckpt.load(params, optimizer)
+        if loaded:
+            state.update(loaded)
+            for _ in range(state["step"]):
+                schedule.step()
+            best_file = ckpt.dir / "best.safetensors"
+            if best_file.exists():
+                from safetensors.torch import load_file
+
+                best_state = load_file(str(best_file))
+    higher_is_better = spec.metric != "mse"
+
+    def evaluate() -> dict[str, float]:
+        return score(spec.kind, dev_split.targets, predict_logits(model, dev_ids, pad))
+
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not config.progress,
+               desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+    started = time.perf_counter() - state["seconds"]
+    stopped_early = False
+    step = state["step"]
+    while step < total_steps and not stopped_early:
+        epoch, offset = divmod(step, steps_per_epoch)
+        batches = length_grouped_batches(lengths, bs, seed=config.seed * 1000 + epoch)
+        for batch in batches[offset:]:
+            input_ids, mask = collate([train_ids[i] for i in batch], pad)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+            loss = heads.loss(spec.kind, logits, train_split.targets[batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state["seen"] += len(batch)
+            state["losses"].append((step, float(loss.detach())))
+            bar.update(1)
+            over_time = config.max_seconds is not None and \
+                time.perf_counter() - started >= config.max_seconds
+            if step % eval_every == 0 or step == total_steps or over_time:
+                metrics = evaluate()
+                value = metrics[spec.metric]
+                state["evals"].append((step, value))
+                better = state["best"] is None or (
+                    value > state["best"] if higher_is_better else value < state["best"])
+                if better:
+                    state.update(best=value, best_step=step, bad_evals=0)
+                    best_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+                else:
+                    state["bad_evals"] += 1
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{spec.metric: f"{value:.4f}"})
+                state["step"], state["seconds"] = step, time.perf_counter() - started
+                if step < total_steps:
+                    ckpt.save(params, optimizer, state)
+                    if better and best_state is not None:
+                        from safetensors.torch import save_file
+
+                        save_file(best_state, str(ckpt.dir / "best.safetensors"))
+                if state["bad_evals"] >= config.patience or over_time:
+                    stopped_early = True
+            if stop_after_step is not None and step >= stop_after_step:
+                bar.close()
+                raise KeyboardInterrupt(f"stopped after step {step} (resume by training again)")
+            if stopped_early or step >= total_steps:
+                break
+    bar.close()
+    train_seconds = time.perf_counter() - started
+
+    if best_state is not None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, best_state)
+    final = evaluate()
+    baseline = tfidf_baseline(spec, train_split, dev_split) if config.baseline else {}
+    png = curves_png(state["losses"], state["evals"], spec.metric,
+                     f"{spec.name} on {backbone.name}")
+    task_meta = {
+        "task": spec.to_dict(),
+        "backbone": {"name": backbone.name, "arch": backbone.arch, "fingerprint": base_fp,
+                     "base_dir": str(backbone.path), "description": backbone.description},
+        "metrics": final,
+        "tfidf_baseline": baseline,
+        "training": {**{k: v for k, v in cfg.items() if k not in ("progress", "overwrite")},
+                     "train_examples": len(train_split), "dev_examples": len(dev_split),
+                     "steps": step, "best_step": state["best_step"],
+                     "train_seconds": round(train_seconds, 2), "examples_seen": state["seen"],
+                     "stopped_early": stopped_early},
+        "history": {"evals": state["evals"]},
+    }
+    path = save_adapter(out_dir, model, task_meta, overwrite=config.overwrite,
+                        extra_files={"curves.png": png})
+    ckpt.remove()
+    with contextlib.suppress(OSError):
+        ckpt.dir.parent.rmdir()  # only when no other task's checkpoint is in it
+    nbytes = (path / WEIGHTS).stat().st_size + sum(
+        (path / n).stat().st_size for n in ("adapter_config.json",))
+    return TrainResult(path=path, metrics=final, baseline=baseline, train_seconds=train_seconds,
+                       examples_seen=state["seen"], adapter_bytes=nbytes,
+                       history={"evals": state["evals"], "best_step": state["best_step"]})
