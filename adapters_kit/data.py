@@ -45,10 +45,12 @@ def _format_of(spec: TaskSpec, path: str) -> str:
     return fmt
 
 
-def check_encoding(path: Path, encoding: str) -> None:
-    """Refuse a text file that does not decode, naming the line and the fix."""
+def check_encoding(path: Path, encoding: str) -> int:
+    """Refuse a text file that does not decode, naming the line and the fix; count its lines."""
+    lines = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            lines += bool(raw.strip())
             try:
                 raw.decode(encoding)
             except UnicodeDecodeError as e:
@@ -57,6 +59,7 @@ def check_encoding(path: Path, encoding: str) -> None:
                     f"column {e.start + 1}); re-save the file as UTF-8, or set encoding = "
                     "\"latin-1\" (or the file's real encoding) in the task card"
                 ) from None
+    return lines
 
 
 def read_table(spec: TaskSpec, location: str, split: str = "train"):
@@ -75,7 +78,11 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
         raise DataError(f"data file {path} does not exist; fix the path in the task card "
                         f"({spec.source or 'register_task'}) or pass --data PATH")
     if fmt in ("csv", "tsv", "jsonl"):
-        check_encoding(path, "utf-8" if spec.encoding.lower() in ("utf-8", "utf8") else spec.encoding)
+        lines = check_encoding(path, "utf-8" if spec.encoding.lower() in ("utf-8", "utf8")
+                               else spec.encoding)
+        if lines <= (0 if fmt == "jsonl" else 1):
+            raise DataError(f"{path} has no rows; a task needs labelled examples to train and "
+                            "evaluate")
     try:
         if fmt in ("csv", "tsv"):
             enc = "utf-8-sig" if spec.encoding.lower() in ("utf-8", "utf8") else spec.encoding

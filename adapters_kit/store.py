@@ -208,8 +208,8 @@ def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint:
             raise _refuse(files.path, f"module {module} is not a linear layer", "check the backbone")
         out_features = n_out if module == HEAD_OUT else layer.out_features
         if a.shape[1] != layer.in_features or b.shape[0] != out_features:
-            raise _refuse(files.path, f"LoRA for {module} is {tuple(b.shape[:1])}x{tuple(a.shape[1:])}"
-                          f" but the base layer is {layer.out_features}x{layer.in_features}",
+            raise _refuse(files.path, f"LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the "
+                          f"base layer is {out_features}x{layer.in_features}",
                           "use the backbone the adapter was trained on")
     w, bias = files.head()
     hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim

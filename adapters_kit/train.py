@@ -262,8 +262,13 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 best_state = load_file(str(best_file))
     higher_is_better = spec.metric != "mse"
 
+    eval_cost = [0.0]  # seconds the last evaluation took: the time budget keeps room for one
+
     def evaluate() -> dict[str, float]:
-        return score(spec.kind, dev_split.targets, predict_logits(model, dev_ids, pad))
+        t0 = time.perf_counter()
+        metrics = score(spec.kind, dev_split.targets, predict_logits(model, dev_ids, pad))
+        eval_cost[0] = time.perf_counter() - t0
+        return metrics
 
     bar = tqdm(total=total_steps, initial=state["step"], disable=not config.progress,
                desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
@@ -287,7 +292,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
             state["losses"].append((step, float(loss.detach())))
             bar.update(1)
             over_time = config.max_seconds is not None and \
-                time.perf_counter() - started >= config.max_seconds
+                time.perf_counter() - started + eval_cost[0] >= config.max_seconds
             if step % eval_every == 0 or step == total_steps or over_time:
                 metrics = evaluate()
                 value = metrics[spec.metric]

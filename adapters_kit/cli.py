@@ -1,0 +1,206 @@
+"""The `adapters-kit` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import AdaptersKitError
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import list_tasks
+
+    specs = list_tasks()
+    if args.json:
+        _print_json({"tasks": [{"name": s.name, "kind": s.kind, "labels": s.labels,
+                                "text_fields": s.text_fields, "metric": s.metric,
+                                "train": s.train, "description": s.description} for s in specs]})
+        return 0
+    width = max(len(s.name) for s in specs)
+    for s in specs:
+        data = "data ok" if s.train and (s.format == "hub" or Path(s.train).exists()) else "no data"
+        print(f"{s.name:<{width}}  {s.kind:<14} {len(s.labels) or '-':>3} labels  {data:<8} "
+              f"{s.description}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from .backbones import describe_backbones
+
+    rows = describe_backbones()
+    if args.json:
+        _print_json({"backbones": rows})
+    else:
+        for r in rows:
+            print(f"{r['name']:<20} {r['description']}")
+        print("Any hub name or local folder of a DistilBERT or ALBERT model also works "
+              "(e.g. distilbert-base-uncased, albert-base-v2).")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+    from .train import TrainConfig, train
+
+    spec = get_task(args.task)
+    if args.data or args.dev_data:
+        spec = spec.with_data(args.data, args.dev_data)
+    out = Path(args.out or Path("adapters") / spec.name)
+    config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
+                         batch_size=args.batch_size, rank=args.rank, targets=args.targets,
+                         head=args.head, max_train_examples=args.max_train_examples,
+                         seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
+                         resume=not args.no_resume, progress=not args.json)
+    result = train(spec, out, config)
+    if args.json:
+        _print_json({"task": spec.name, "backbone": args.backbone, **result.to_dict()})
+    else:
+        m = result.metrics[spec.metric]
+        base = result.baseline.get(spec.metric)
+        print(f"{spec.name}: dev {spec.metric} {m:.4f}"
+              + (f" (TF-IDF baseline {base:.4f})" if base is not None else "")
+              + f" in {result.train_seconds:.0f} s; adapter {result.adapter_bytes:,} bytes -> {out}")
+    return 0
+
+
+def _model_for(adapter_dir: str):
+    from .runtime import MultiTaskModel
+    from .store import read_adapter
+
+    files = read_adapter(adapter_dir)
+    model = MultiTaskModel(files.task["backbone"]["name"])
+    name = model.load(files)
+    return model, name, files
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_eval_split
+    from .metrics import score
+    from .tasks import TaskSpec
+
+    started = time.perf_counter()
+    model, name, files = _model_for(args.adapter_dir)
+    spec = TaskSpec.from_dict({k: v for k, v in files.task["task"].items() if k != "source"})
+    seed = files.task.get("training", {}).get("seed", 0)
+    split = load_eval_split(spec, args.data, args.split, seed=seed)
+    inputs = list(zip(*split.texts)) if spec.is_pair else split.texts[0]
+    import torch
+
+    logits = torch.stack(model.logits_mixed([(name, x) for x in inputs]))
+    metrics = score(spec.kind, split.targets, logits)
+    seconds = time.perf_counter() - started
+    if args.json:
+        _print_json({"task": spec.name, "split": args.data or args.split, "examples": len(split),
+                     "metrics": metrics, "seconds": round(seconds, 2),
+                     "adapter": str(files.path)})
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"{spec.name} on {args.data or args.split} ({len(split)} examples): {shown}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model, name, _ = _model_for(args.adapter_dir)
+    task = model.tasks[name]
+    inputs = [tuple(t.split(args.sep, 1)) if task.pair else t for t in args.texts]
+    preds = model.predict(name, inputs)
+    if args.json:
+        _print_json({"task": name, "predictions": preds})
+    else:
+        for text, p in zip(args.texts, preds):
+            if p.get("value") is not None:
+                print(f"{p['value']:.4f}\t{text}")
+            else:
+                best = p["scores"].get(p["label"], 0.0) if p["label"] else 0.0
+                print(f"{p['label']}\t{best:.3f}\t{text}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="adapters-kit", description=(
+        "Train small LoRA task adapters for DistilBERT or ALBERT and serve many on one base."))
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tasks", help="list the registered tasks (cards in tasks/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("backbones", help="list the embedded backbones and their trade-off")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("train", help="train a task adapter")
+    p.add_argument("task", help="a registered task name, or a path to a .toml task card")
+    p.add_argument("--data", help="training data file (overrides the card; dev is then held out)")
+    p.add_argument("--dev-data", help="evaluation data file (overrides the card)")
+    p.add_argument("--backbone", default="embedded-distilbert",
+                   help="embedded-distilbert (default), embedded-albert, a hub name or a folder")
+    p.add_argument("--out", help="adapter directory to write (default: adapters/TASK)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--targets", choices=["qv", "attention", "all-linear"])
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--head", choices=["lora", "full"], default="lora",
+                   help="lora: small files (default); full: peft's default head, saved whole")
+    p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
+    p.add_argument("--no-resume", action="store_true", help="ignore an interrupted run's checkpoint")
+    p.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score an adapter on its dev/test split or a data file")
+    p.add_argument("adapter_dir")
+    p.add_argument("--data", help="a labelled data file in the task's format")
+    p.add_argument("--split", default="dev", choices=["dev", "test"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict labels for texts with an adapter")
+    p.add_argument("adapter_dir")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--sep", default="|||", help="separates the two texts of a pair task")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
+    p.add_argument("--out", default="adapters-demo", help="where the demo writes its adapters")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AdaptersKitError, FileExistsError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"adapters-kit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adapters-kit: interrupted; `train` resumes from its last checkpoint if run again",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""SST-2 on an embedded backbone: dev accuracy, training time, adapter size, TF-IDF baseline.
+
+    python benchmarks/train_sst2.py [--backbone embedded-albert] [--head full]
+
+Trains on the first 20,000 rows of SST-2 train after a seeded shuffle and scores the GLUE dev
+set. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _common import emit, require_shared
+
+from adapters_kit import TrainConfig, get_task, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="embedded-distilbert")
+    ap.add_argument("--train-examples", type=int, default=20_000)
+    ap.add_argument("--epochs", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--rank", type=int, default=None)
+    ap.add_argument("--targets", default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--head", default="lora", choices=["lora", "full"])
+    ap.add_argument("--max-seconds", type=float, default=300.0,
+                    help="training time budget; the best checkpoint so far is kept")
+    ap.add_argument("--evals-per-epoch", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    require_shared("sst2", "train.tsv")
+
+    spec = get_task("sst2")
+    out = Path(args.out or tempfile.mkdtemp(prefix="sst2-")) / f"sst2-{args.backbone}-{args.head}"
+    config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
+                         rank=args.rank, targets=args.targets, batch_size=args.batch_size,
+                         head=args.head, max_train_examples=args.train_examples, seed=args.seed,
+                         max_seconds=args.max_seconds, evals_per_epoch=args.evals_per_epoch,
+                         overwrite=True, resume=False)
+    result = train(spec, out, config)
+    print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"
+          f" | {result.train_seconds:.0f} s | {result.examples_per_second:.0f} ex/s | "
+          f"adapter {result.adapter_bytes:,} bytes | {out}")
+    emit({"backbone": args.backbone, "head": args.head,
+          "dev_accuracy": round(result.metrics["accuracy"], 4),
+          "train_seconds": round(result.train_seconds, 1),
+          "examples_per_second": round(result.examples_per_second, 1),
+          "adapter_bytes": result.adapter_bytes,
+          "tfidf_accuracy": round(result.baseline["accuracy"], 4),
+          "best_step": result.history.get("best_step"), "evals": result.history.get("evals"),
+          "path": str(out)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The embedded backbones, built from the real all-MiniLM-L6-v2 weights (slow tier)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", ["embedded-distilbert", "embedded-albert"])
+def test_conversion_matches_the_source_bert(name):
+    from transformers import AutoModel, AutoTokenizer, BertModel
+
+    from adapters_kit.embedded import embedded_dir, source_dir
+
+    folder = embedded_dir(name)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    bert = BertModel.from_pretrained(str(source_dir())).eval()
+    ours = AutoModel.from_pretrained(str(folder)).eval()
+    assert ours.config.model_type == name.removeprefix("embedded-")
+    batch = tok(["A man is playing a guitar on stage.", "short", "the cat sat on the mat again"],
+                padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = bert(**batch).last_hidden_state
+        got = ours(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    assert (ref - got)[mask].abs().max() < 1e-4
+
+
+def test_conversion_cache_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    from adapters_kit import embedded
+
+    monkeypatch.setenv("ADAPTERS_KIT_CACHE", str(tmp_path))
+
+    def crash(name, target):
+        (target / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    real = embedded.convert
+    monkeypatch.setattr(embedded, "convert", crash)
+    with pytest.raises(RuntimeError):
+        embedded.embedded_dir("embedded-distilbert")
+    assert not (tmp_path / "backbones" / "embedded-distilbert-v1").exists()
+    monkeypatch.setattr(embedded, "convert", real)
+    folder = embedded.embedded_dir("embedded-distilbert")
+    assert (folder / embedded.BASE_INFO).exists()
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "distilbert"
+
+
+@pytest.mark.smoke
+def test_plain_peft_matches_cli_predict_on_the_embedded_base(tmp_path):
+    """The interoperability promise, as a user's own code would check it."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "support_intent"
+    cli = [sys.executable, "-m", "adapters_kit.cli"]
+    subprocess.run([*cli, "train", "support_intent", "--out", str(out), "--epochs", "1",
+                    "--max-train-examples", "160", "--json"], check=True, capture_output=True,
+                   timeout=900)
+    texts = ["I was charged twice for one order", "my parcel is lost", "cannot log in"]
+    proc = subprocess.run([*cli, "predict", str(out), *texts, "--json"], check=True,
+                          capture_output=True, text=True, timeout=600)
+    ours = json.loads(proc.stdout)["predictions"]
+
+    config = json.loads((out / "adapter_config.json").read_text())
+    labels = json.loads((out / "task.json").read_text())["task"]["labels"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        config["base_model_name_or_path"], num_labels=len(labels))
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(config["base_model_name_or_path"])
+    for text, pred in zip(texts, ours):
+        with torch.no_grad():
+            probs = model(**tok(text, return_tensors="pt")).logits.softmax(-1)[0]
+        for i, label in enumerate(labels):
+            assert abs(probs[i].item() - pred["scores"][label]) < 1e-5
+    assert (out / "adapter_model.safetensors").stat().st_size <= 350_000

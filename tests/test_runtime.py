@@ -1,0 +1,90 @@
+"""One base, many adapters: mixed batches, hot-swap, and plain peft agreeing with us."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import quick
+
+from adapters_kit import MultiTaskModel, train
+
+TEXTS = ["the film was great lovely", "a plot was dull awful tedious", "music", "this cast was bland"]
+
+
+@pytest.fixture()
+def two_adapters(tiny_backbone, sentiment_task, topic_task, tmp_path):
+    a = train(sentiment_task, tmp_path / "a", quick(tiny_backbone, epochs=1)).path
+    b = train(topic_task, tmp_path / "b", quick(tiny_backbone, epochs=1)).path
+    return tiny_backbone, a, b
+
+
+def test_mixed_batch_equals_each_task_alone(two_adapters):
+    backbone, a, b = two_adapters
+    model = MultiTaskModel(backbone)
+    model.load(a)
+    model.load(b)
+    alone_a = model.logits("tiny_sentiment", TEXTS)
+    alone_b = model.logits("tiny_topic", TEXTS)
+    mixed = [("tiny_sentiment", t) if i % 2 == 0 else ("tiny_topic", t) for i, t in enumerate(TEXTS)]
+    mixed += [("tiny_topic", t) if i % 2 == 0 else ("tiny_sentiment", t) for i, t in enumerate(TEXTS)]
+    out = model.logits_mixed(mixed)
+    for (task, text), row in zip(mixed, out):
+        ref = (alone_a if task == "tiny_sentiment" else alone_b)[TEXTS.index(text)]
+        torch.testing.assert_close(row, ref, rtol=0, atol=1e-5)
+    assert len(out[0]) == 2 and len(out[1]) == 3  # each row in its own task's label space
+
+
+def test_swap_a_b_a_gives_a_again(two_adapters):
+    backbone, a, b = two_adapters
+    model = MultiTaskModel(backbone)
+    model.load(a)
+    first = model.logits("tiny_sentiment", TEXTS)
+    model.unload("tiny_sentiment")
+    model.load(b)
+    model.logits("tiny_topic", TEXTS)
+    model.load(a)
+    torch.testing.assert_close(model.logits("tiny_sentiment", TEXTS), first, rtol=0, atol=1e-6)
+
+
+def test_load_is_idempotent_and_unload_missing_is_clear(two_adapters):
+    backbone, a, _ = two_adapters
+    model = MultiTaskModel(backbone)
+    assert model.load(a) == model.load(a) == "tiny_sentiment"
+    assert len(model.tasks) == 1
+    model.unload("tiny_sentiment")
+    with pytest.raises(KeyError, match="not loaded"):
+        model.unload("tiny_sentiment")
+    with pytest.raises(KeyError, match="not loaded"):
+        model.predict("tiny_sentiment", ["x"])
+
+
+def test_many_slots_grow_the_bank(tiny_distilbert, sentiment_task, tmp_path):
+    path = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=1)).path
+    model = MultiTaskModel(tiny_distilbert, capacity=2)
+    ref = None
+    for i in range(5):  # the same adapter under five names forces the bank to grow twice
+        model.load(path, name=f"copy{i}")
+        out = model.logits(f"copy{i}", TEXTS)
+        ref = out if ref is None else ref
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert model.capacity >= 6
+
+
+@pytest.mark.parametrize("head", ["lora", "full"])
+def test_plain_peft_loads_our_adapter(tiny_backbone, sentiment_task, tmp_path, head):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = train(sentiment_task, tmp_path / "a", quick(tiny_backbone, epochs=1, head=head)).path
+    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    peft_model = PeftModel.from_pretrained(model, str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(base)
+    with torch.no_grad():
+        ref = torch.cat([peft_model(**tok(t, return_tensors="pt")).logits for t in TEXTS])
+    ours = MultiTaskModel(tiny_backbone)
+    ours.load(path)
+    torch.testing.assert_close(ours.logits("tiny_sentiment", TEXTS).softmax(-1), ref.softmax(-1),
+                               rtol=0, atol=1e-5)

@@ -1,0 +1,101 @@
+"""Adapter files: save->load round trips, and every kind of bad file is refused whole."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import make_tiny, quick
+
+from adapters_kit import AdapterFileError, MultiTaskModel, read_adapter, train
+from adapters_kit.fsutil import atomic_directory
+from adapters_kit.store import WEIGHTS
+
+
+@pytest.fixture()
+def adapter(tiny_distilbert, sentiment_task, tmp_path):
+    return train(sentiment_task, tmp_path / "adapters" / "sent", quick(tiny_distilbert, epochs=1)).path
+
+
+def broken_copy(adapter, tmp_path, name="broken"):
+    dst = tmp_path / name
+    shutil.copytree(adapter, dst)
+    return dst
+
+
+def assert_refused(model, path, match):
+    before = dict(model.tasks)
+    with pytest.raises(AdapterFileError, match=match) as e:
+        model.load(path)
+    assert "Nothing was loaded" in str(e.value) or "nothing was loaded" in str(e.value)
+    assert model.tasks == before
+
+
+def test_save_then_load_gives_the_same_logits(adapter, tiny_distilbert):
+    texts = ["the film was great lovely", "a plot was dull awful"]
+    a = MultiTaskModel(tiny_distilbert)
+    a.load(adapter)
+    b = MultiTaskModel(tiny_distilbert)
+    b.load(adapter)
+    assert torch.equal(a.logits("tiny_sentiment", texts), b.logits("tiny_sentiment", texts))
+
+
+def test_wrong_checksum(adapter, tiny_distilbert, tmp_path):
+    bad = broken_copy(adapter, tmp_path)
+    meta = json.loads((bad / "task.json").read_text())
+    meta["labels_note"] = "edited"
+    (bad / "task.json").write_text(json.dumps(meta))
+    assert_refused(MultiTaskModel(tiny_distilbert), bad, "checksum mismatch for task.json")
+
+
+def test_truncated_safetensors(adapter, tiny_distilbert, tmp_path):
+    bad = broken_copy(adapter, tmp_path)
+    data = (bad / WEIGHTS).read_bytes()
+    (bad / WEIGHTS).write_bytes(data[: len(data) // 2])
+    sums = json.loads((bad / "checksums.json").read_text())  # even with a matching checksum
+    from adapters_kit.fsutil import sha256_file
+
+    sums[WEIGHTS] = sha256_file(bad / WEIGHTS)
+    (bad / "checksums.json").write_text(json.dumps(sums))
+    assert_refused(MultiTaskModel(tiny_distilbert), bad, "not a readable safetensors")
+
+
+def test_pickle_is_never_read(adapter, tiny_distilbert, tmp_path):
+    bad = broken_copy(adapter, tmp_path)
+    torch.save({"x": torch.zeros(1)}, bad / "adapter_model.bin")
+    assert_refused(MultiTaskModel(tiny_distilbert), bad, "pickle")
+
+
+def test_shapes_that_do_not_fit_the_base(sentiment_task, tmp_path):
+    wide = make_tiny(tmp_path / "wide", "distilbert", dim=48)
+    narrow = make_tiny(tmp_path / "narrow", "distilbert", dim=32)
+    path = train(sentiment_task, tmp_path / "w", quick(str(wide), epochs=1)).path
+    files = read_adapter(path)
+    model = MultiTaskModel(str(narrow))
+    files.task["backbone"]["fingerprint"] = model.fingerprint  # get past the fingerprint check
+    with pytest.raises(AdapterFileError, match="but the base layer is .x32"):
+        model.load(files)
+    assert not model.tasks
+
+
+def test_another_base_fingerprint(adapter, tmp_path):
+    other = make_tiny(tmp_path / "other", "distilbert", seed=1)
+    assert_refused(MultiTaskModel(str(other)), adapter, "trained on base")
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "adapter"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "f").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target, overwrite=True) as tmp:
+            (tmp / "f").write_text("v2")
+            raise RuntimeError("crash")
+    assert (target / "f").read_text() == "v1"

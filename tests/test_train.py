@@ -1,0 +1,76 @@
+"""Training invariants on tiny in-process backbones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import quick
+from safetensors.torch import load_file
+
+from adapters_kit import Backbone, train
+from adapters_kit.store import WEIGHTS
+
+
+def test_trains_only_adapter_and_head_and_base_is_unchanged(tiny_backbone, sentiment_task, tmp_path):
+    base = Backbone.resolve(tiny_backbone).load_model(2)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    result = train(sentiment_task, tmp_path / "a", quick(tiny_backbone))
+    # the base folder on disk still rebuilds the same weights
+    after = Backbone.resolve(tiny_backbone).load_model(2).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    saved = load_file(str(result.path / WEIGHTS))
+    assert saved and all(".lora_" in k for k in saved), sorted(saved)
+    assert result.metrics["accuracy"] >= 0.8  # the synthetic task is learnable
+    files = {p.name for p in result.path.iterdir()}
+    assert {"adapter_config.json", WEIGHTS, "task.json", "checksums.json", "curves.png"} <= files
+    assert (result.path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_full_head_design_saves_the_dense_layer(tiny_distilbert, sentiment_task, tmp_path):
+    result = train(sentiment_task, tmp_path / "full", quick(tiny_distilbert, head="full", epochs=1))
+    saved = load_file(str(result.path / WEIGHTS))
+    assert "base_model.model.pre_classifier.weight" in saved
+    assert "base_model.model.classifier.weight" in saved
+
+
+def test_same_seed_same_adapter(tiny_distilbert, sentiment_task, tmp_path):
+    a = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=1, seed=7))
+    b = train(sentiment_task, tmp_path / "b", quick(tiny_distilbert, epochs=1, seed=7))
+    c = train(sentiment_task, tmp_path / "c", quick(tiny_distilbert, epochs=1, seed=8))
+    ta, tb, tc = (load_file(str(r.path / WEIGHTS)) for r in (a, b, c))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert any(not torch.equal(ta[k], tc[k]) for k in ta)
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_distilbert, sentiment_task,
+                                                                 tmp_path):
+    cfg = dict(epochs=2, evals_per_epoch=3, patience=100)
+    full = train(sentiment_task, tmp_path / "full" / "x", quick(tiny_distilbert, **cfg))
+    out = tmp_path / "resumed" / "x"
+    with pytest.raises(KeyboardInterrupt):
+        train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=6)
+    assert not out.exists()  # no partial adapter
+    assert (out.parent / ".checkpoints" / "x" / "progress.json").exists()
+    resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
+    assert json.loads((out / "task.json").read_text())["training"]["steps"] == \
+        json.loads((full.path / "task.json").read_text())["training"]["steps"]
+    ta, tb = load_file(str(full.path / WEIGHTS)), load_file(str(resumed.path / WEIGHTS))
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6)
+    assert not (out.parent / ".checkpoints").exists()
+
+
+def test_refuses_to_overwrite_without_flag(tiny_distilbert, sentiment_task, tmp_path):
+    train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=1))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=1))
+
+
+def test_early_stopping_and_baseline(tiny_distilbert, sentiment_task, tmp_path):
+    r = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=20, patience=2,
+                                                    evals_per_epoch=1, baseline=True))
+    meta = json.loads((r.path / "task.json").read_text())
+    assert meta["training"]["stopped_early"] and meta["training"]["steps"] < 20 * 6
+    assert 0.0 <= r.baseline["accuracy"] <= 1.0 and "tfidf_baseline" in meta
