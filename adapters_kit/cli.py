@@ -59,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, rank=args.rank, targets=args.targets,
                          head=args.head, max_train_examples=args.max_train_examples,
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
+                         precision=args.precision,
                          resume=not args.no_resume, progress=not args.json)
     result = train(spec, out, config)
     if args.json:
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["lora", "full"], default="lora",
                    help="lora: small files (default); full: peft's default head, saved whole")
     p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training matmuls: auto = bf16 where the hardware is native (default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
     p.add_argument("--no-resume", action="store_true", help="ignore an interrupted run's checkpoint")

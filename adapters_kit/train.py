@@ -48,6 +48,10 @@ class TrainConfig:
     """Stop after this many evaluations without a better dev metric."""
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
+    precision: str = "auto"
+    """Training matmul precision: `fp32`, `bf16` (autocast; weights and optimizer stay fp32), or
+    `auto`: bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, recent GPUs).
+    Evaluation and saved weights are always fp32."""
     max_seconds: float | None = None
     """Stop training (keeping the best checkpoint so far) after this many seconds."""
     threads: int | None = None
@@ -105,6 +109,21 @@ def lora_config(arch: str, num_outputs: int, cfg: dict):
                           alpha_pattern={HEAD_OUT: 2 * num_outputs} if rank_pattern else {})
     extra = [HEAD_DENSE[arch]] if arch == "albert" else []  # DistilBERT's is caught by "classifier"
     return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[HEAD_OUT, *extra])
+
+
+def _autocast(precision: str):
+    """The autocast context for training steps."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision {precision!r} must be 'auto', 'fp32' or 'bf16'")
+    if precision == "auto":
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+        precision = "bf16" if native else "fp32"
+    if precision == "bf16":
+        return precision, lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return precision, contextlib.nullcontext
 
 
 def _seed_everything(seed: int) -> None:
@@ -211,6 +230,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                               "--overwrite to replace it")
     if config.threads:
         torch.set_num_threads(config.threads)
+    precision, autocast = _autocast(config.precision)
+    cfg["precision"] = precision
 
     _seed_everything(config.seed)
     backbone = Backbone.resolve(config.backbone)
@@ -280,8 +301,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         batches = length_grouped_batches(lengths, bs, seed=config.seed * 1000 + epoch)
         for batch in batches[offset:]:
             input_ids, mask = collate([train_ids[i] for i in batch], pad)
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-            loss = heads.loss(spec.kind, logits, train_split.targets[batch])
+            with autocast():
+                logits = model(input_ids=input_ids, attention_mask=mask).logits
+            loss = heads.loss(spec.kind, logits.float(), train_split.targets[batch])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
             optimizer.step()

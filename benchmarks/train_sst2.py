@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--targets", default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--head", default="lora", choices=["lora", "full"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="training time budget; the best checkpoint so far is kept")
     ap.add_argument("--evals-per-epoch", type=int, default=4)
@@ -40,13 +41,19 @@ def main() -> None:
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          head=args.head, max_train_examples=args.train_examples, seed=args.seed,
-                         max_seconds=args.max_seconds, evals_per_epoch=args.evals_per_epoch,
+                         max_seconds=args.max_seconds, precision=args.precision, evals_per_epoch=args.evals_per_epoch,
                          overwrite=True, resume=False)
     result = train(spec, out, config)
     print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"
           f" | {result.train_seconds:.0f} s | {result.examples_per_second:.0f} ex/s | "
           f"adapter {result.adapter_bytes:,} bytes | {out}")
-    emit({"backbone": args.backbone, "head": args.head,
+    import json
+
+    training = json.loads((out / "task.json").read_text())["training"]
+    emit({"backbone": args.backbone, "head": args.head, "targets": training["targets"],
+          "rank": training["rank"], "learning_rate": training["learning_rate"],
+          "epochs_run": round(result.examples_seen / training["train_examples"], 2),
+          "precision": training["precision"],
           "dev_accuracy": round(result.metrics["accuracy"], 4),
           "train_seconds": round(result.train_seconds, 1),
           "examples_per_second": round(result.examples_per_second, 1),

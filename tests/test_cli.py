@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_tsv, sentiment_rows
+from conftest import sentiment_rows, write_tsv
 
 CLI = [sys.executable, "-m", "adapters_kit.cli"]
 
