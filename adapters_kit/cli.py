@@ -126,6 +126,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_adapter
+
+    out = merge_adapter(args.adapter_dir, args.out, overwrite=args.overwrite)
+    if args.json:
+        _print_json({"merged": str(out), "adapter": args.adapter_dir})
+    else:
+        print(f"merged {args.adapter_dir} into its base -> {out} (a plain transformers folder)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -183,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sep", default="|||", help="separates the two texts of a pair task")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge", help="export an adapter merged into its base (no peft needed)")
+    p.add_argument("adapter_dir")
+    p.add_argument("out", help="model folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
     p.add_argument("--out", default="adapters-demo", help="where the demo writes its adapters")

@@ -57,6 +57,9 @@ class LoraBankLinear(nn.Module):
         self.register_buffer("lora_A", torch.zeros(0, 0, base.in_features), persistent=False)
         # [capacity, d_out, r_max]; stored as scale * B
         self.register_buffer("lora_B", torch.zeros(0, base.out_features, 0), persistent=False)
+        # What forward reads: one reference to both banks, swapped whole when they grow, so a
+        # pass running in another thread never pairs an old A with a new B.
+        self._banks = (self.lora_A, self.lora_B)
 
     @property
     def in_features(self) -> int:
@@ -84,6 +87,7 @@ class LoraBankLinear(nn.Module):
         a[:cap0, :r0] = self.lora_A
         b[:cap0, :, :r0] = self.lora_B
         self.lora_A, self.lora_B = a, b
+        self._banks = (a, b)
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float, capacity: int) -> None:
         """Write one adapter's factors (A [r, d_in], B [d_out, r]) into `slot`."""
@@ -103,16 +107,18 @@ class LoraBankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         rows = self.router.rows
-        if rows is None or self.lora_A.shape[0] == 0:
+        bank_a, bank_b = self._banks
+        capacity = bank_a.shape[0]
+        if rows is None or capacity == 0:
             return out
         single = self.router.single
         if single is not None:
-            if single == 0 or single >= self.lora_A.shape[0]:
+            if single == 0 or single >= capacity:
                 return out
-            return out + (x @ self.lora_A[single].T) @ self.lora_B[single].T
-        rows = rows.clamp(max=self.lora_A.shape[0] - 1) * (rows < self.lora_A.shape[0])
-        a = self.lora_A[rows]  # [B, r, d_in]
-        b = self.lora_B[rows]  # [B, d_out, r]
+            return out + (x @ bank_a[single].T) @ bank_b[single].T
+        rows = rows.clamp(max=capacity - 1) * (rows < capacity)  # slots this layer never saw: 0
+        a = bank_a[rows]  # [B, r, d_in]
+        b = bank_b[rows]  # [B, d_out, r]
         x3 = x if x.dim() == 3 else x.unsqueeze(1)  # [B, T, d_in]
         delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
         return out + (delta if x.dim() == 3 else delta.squeeze(1))

@@ -40,6 +40,9 @@ class ResidentTask:
     dense: tuple[torch.Tensor, torch.Tensor] | None  # a head dense saved whole: [h, h], [h]
     path: Path
     nbytes: int
+    digest: str
+    users: int = 0  # forward passes using this slot right now
+    retired: bool = False  # unloaded or replaced: the slot is freed when `users` drops to 0
 
 
 class MultiTaskModel:
@@ -77,7 +80,7 @@ class MultiTaskModel:
         name = name or files.name
         with self._lock:
             current = self.tasks.get(name)
-            if current is not None and current.path == files.path:
+            if current is not None and current.digest == files.digest:
                 return name
             check_against_base(files, self.model, self.fingerprint)
             pairs = files.lora_pairs()
@@ -94,23 +97,28 @@ class MultiTaskModel:
                 name=name, slot=slot, kind=task["kind"], labels=list(task["labels"]),
                 pair=len(task["text_fields"]) == 2, max_length=task.get("max_length", 512),
                 head_weight=w.float(), head_bias=None if bias is None else bias.float(),
-                dense=files.dense_override(self.dense_name), path=files.path, nbytes=files.nbytes)
-            self.tasks[name] = resident
+                dense=files.dense_override(self.dense_name), path=files.path, nbytes=files.nbytes,
+                digest=files.digest)
+            self.tasks[name] = resident  # the swap: new requests see the new adapter from here
             if current is not None:
-                self._release(current)
+                self._retire(current)
         return name
 
-    def _release(self, task: ResidentTask) -> None:
-        for bank in self.banks.values():
-            bank.clear_slot(task.slot)
-        self._free.append(task.slot)
+    def _retire(self, task: ResidentTask) -> None:
+        """Free a slot once no request still runs on it (called with the lock held)."""
+        task.retired = True
+        if task.users == 0:
+            for bank in self.banks.values():
+                bank.clear_slot(task.slot)
+            self._free.append(task.slot)
 
     def unload(self, name: str) -> None:
+        """Remove an adapter; requests already running on it finish with it."""
         with self._lock:
             task = self.tasks.pop(name, None)
             if task is None:
                 raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
-            self._release(task)
+            self._retire(task)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -149,17 +157,32 @@ class MultiTaskModel:
     def logits_mixed(self, requests: list[tuple[str, TextInput]],
                      batch_size: int = 64) -> list[torch.Tensor]:
         """Raw outputs per request, in order; one base pass per batch whatever the task mix."""
-        with self._lock:
+        return [row for _, row in self._run(requests, batch_size)]
+
+    def _run(self, requests: list[tuple[str, TextInput]],
+             batch_size: int = 64) -> list[tuple[ResidentTask, torch.Tensor]]:
+        """(task version used, raw output) per request, in order."""
+        with self._lock:  # lease every task this call uses: each row sees one adapter version
             resolved = [(self._task(name), item) for name, item in requests]
-        encoded = [(t, self._encode(t, item)) for t, item in resolved]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
-        out: list[torch.Tensor | None] = [None] * len(encoded)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            rows = self._forward([encoded[i][1] for i in idx], [encoded[i][0] for i in idx])
-            for i, row in zip(idx, rows):
-                out[i] = row
-        return out  # type: ignore[return-value]
+            leased = {id(t): t for t, _ in resolved}.values()
+            for t in leased:
+                t.users += 1
+        try:
+            encoded = [(t, self._encode(t, item)) for t, item in resolved]
+            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
+            out: list = [None] * len(encoded)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                rows = self._forward([encoded[i][1] for i in idx], [encoded[i][0] for i in idx])
+                for i, row in zip(idx, rows):
+                    out[i] = (encoded[i][0], row)
+            return out
+        finally:
+            with self._lock:
+                for t in leased:
+                    t.users -= 1
+                    if t.retired and t.users == 0:
+                        self._retire(t)
 
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)
@@ -169,11 +192,9 @@ class MultiTaskModel:
 
     def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:
         """Predictions for (task, input) pairs of any tasks, in input order."""
-        logits = self.logits_mixed(requests)
         out = []
-        for (name, _), row in zip(requests, logits):
-            t = self._task(name)
-            pred = heads.decode(t.kind, t.labels, row.unsqueeze(0))[0]
+        for (name, _), (task, row) in zip(requests, self._run(requests)):
+            pred = heads.decode(task.kind, task.labels, row.unsqueeze(0))[0]
             out.append({"task": name, **pred})
         return out
 

@@ -86,6 +86,8 @@ class AdapterFiles:
     task: dict
     tensors: dict[str, torch.Tensor]
     nbytes: int
+    digest: str
+    """sha256 of checksums.json: names this exact content."""
 
     @property
     def name(self) -> str:
@@ -181,7 +183,11 @@ def read_adapter(path: str | Path) -> AdapterFiles:
         raise _refuse(path, "it has no task head (classifier) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
     nbytes = sum((path / n).stat().st_size for n in sums)
-    files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes)
+    import hashlib
+
+    digest = hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest()
+    files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes,
+                         digest=digest)
     for module, (a, b) in files.lora_pairs(include_head=True).items():
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
             raise _refuse(path, f"LoRA factors of {module} have shapes {tuple(a.shape)} and "

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="training time budget; the best checkpoint so far is kept")
-    ap.add_argument("--evals-per-epoch", type=int, default=4)
+    ap.add_argument("--evals-per-epoch", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -41,7 +41,8 @@ def main() -> None:
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          head=args.head, max_train_examples=args.train_examples, seed=args.seed,
-                         max_seconds=args.max_seconds, precision=args.precision, evals_per_epoch=args.evals_per_epoch,
+                         max_seconds=args.max_seconds, precision=args.precision,
+                         evals_per_epoch=args.evals_per_epoch,
                          overwrite=True, resume=False)
     result = train(spec, out, config)
     print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"

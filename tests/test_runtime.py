@@ -88,3 +88,35 @@ def test_plain_peft_loads_our_adapter(tiny_backbone, sentiment_task, tmp_path, h
     ours.load(path)
     torch.testing.assert_close(ours.logits("tiny_sentiment", TEXTS).softmax(-1), ref.softmax(-1),
                                rtol=0, atol=1e-5)
+
+
+def test_mixed_batch_equals_plain_peft_per_task(tiny_backbone, sentiment_task, topic_task, tmp_path):
+    """Every row a different task, varied lengths and padding, against plain peft per task."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    specs = [sentiment_task, topic_task]
+    paths = {}
+    for i, seed in enumerate((1, 2, 3)):  # three adapters, two label counts
+        spec = specs[i % 2]
+        name = f"{spec.name}_{seed}"
+        path = train(spec, tmp_path / name, quick(tiny_backbone, epochs=1, seed=seed)).path
+        paths[name] = (path, len(spec.labels))
+    model = MultiTaskModel(tiny_backbone)
+    for name, (path, _) in paths.items():
+        model.load(path, name=name)
+    texts = ["music", "the film was great lovely superb charming", "a plot was dull",
+             "this cast was bland and the ending was tedious awful", "its story"]
+    requests = [(name, t) for t in texts for name in paths]
+    out = model.logits_mixed(requests)
+    for name, (path, n) in paths.items():
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        peft_model = PeftModel.from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained(base, num_labels=n), str(path)).eval()
+        tok = AutoTokenizer.from_pretrained(base)
+        for (req_name, text), row in zip(requests, out):
+            if req_name != name:
+                continue
+            with torch.no_grad():
+                ref = peft_model(**tok(text, return_tensors="pt")).logits[0]
+            torch.testing.assert_close(row, ref, rtol=0, atol=1e-5)

@@ -1,0 +1,253 @@
+"""The multi-task serving engine against a merged model and against peft, side by side.
+
+    python benchmarks/serving_engine.py [--quick]
+
+Backbones: a DistilBERT-base-shaped model (768 wide, 6 layers) and the ALBERT-base shape (one
+768-wide layer shared 12 times), randomly initialised. Adapters: LoRA r=8 on q/v plus the
+small head, random non-zero weights (timing does not depend on training).
+
+Measured, each as a ratio against a baseline timed in the same run (interleaved, median):
+  P1  engine time / merged-model time for one batch, K distinct adapters in the batch;
+      also peft's `adapter_names=` mixed batch and peft `set_adapter` per group;
+  P2  cold swap: adapter directory on disk -> servable, with 1, 100 and 1000 resident;
+  P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter;
+  memory: bytes per resident adapter, and how many fit.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _common import emit  # noqa: E402
+
+from adapters_kit import MultiTaskModel, TaskSpec  # noqa: E402
+from adapters_kit.backbones import Backbone, fingerprint  # noqa: E402
+from adapters_kit.store import save_adapter  # noqa: E402
+from adapters_kit.train import lora_config  # noqa: E402
+
+
+def make_base(work: Path, arch: str) -> Path:
+    from transformers import AlbertConfig, AlbertModel, DistilBertConfig, DistilBertModel
+
+    from adapters_kit.embedded import embedded_dir
+
+    folder = work / f"{arch}-base-shape"
+    torch.manual_seed(0)
+    if arch == "distilbert":
+        model = DistilBertModel(DistilBertConfig())
+    else:
+        model = AlbertModel(AlbertConfig(embedding_size=128, hidden_size=768, num_hidden_layers=12,
+                                         num_hidden_groups=1, num_attention_heads=12,
+                                         intermediate_size=3072, vocab_size=30522))
+    model.save_pretrained(str(folder))
+    src = embedded_dir("embedded-distilbert")
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / f).write_bytes((src / f).read_bytes())
+    return folder
+
+
+def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
+    """K adapter directories with random LoRA factors (r=8, q/v + head)."""
+    from peft import get_peft_model
+
+    base = backbone.load_model(2)
+    fp = fingerprint(base)
+    cfg = {"targets": "qv", "head": "lora", "rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+    peft_model = get_peft_model(base, lora_config(backbone.arch, 2, cfg))
+    paths = []
+    for i in range(k):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if ".lora_" in n:
+                    p.normal_(0, 0.02)
+        spec = TaskSpec(name=f"task{i:03d}", labels=["a", "b"])
+        meta = {"task": spec.to_dict(), "backbone": {"name": str(backbone.path), "fingerprint": fp,
+                                                     "arch": backbone.arch}}
+        paths.append(save_adapter(work / backbone.arch / f"task{i:03d}", peft_model, meta,
+                                  overwrite=True))
+    return paths
+
+
+def timed(fn, reps: int) -> float:
+    """Median seconds of `fn()` over `reps` runs, after one warm-up."""
+    fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds per function, the functions taking turns so that drift hits all alike."""
+    for fn in fns.values():
+        fn()
+    samples = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[int],
+       reps: int) -> list[dict]:
+    from peft import PeftModel
+
+    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
+    for p in paths:
+        engine.load(p)
+    names = sorted(engine.tasks)
+    merged = PeftModel.from_pretrained(backbone.load_model(2), str(paths[0])).merge_and_unload().eval()
+    peft_model = PeftModel.from_pretrained(backbone.load_model(2), str(paths[0]),
+                                           adapter_name=names[0]).eval()
+    for p, name in zip(paths[1:], names[1:]):
+        peft_model.load_adapter(str(p), adapter_name=name)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (batch, length), generator=g)
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    id_lists = ids.tolist()
+    rows = []
+    for k in ks:
+        tasks = [engine.tasks[names[i % k]] for i in range(batch)]
+        row_names = [names[i % k] for i in range(batch)]
+        groups = {n: [i for i, r in enumerate(row_names) if r == n] for n in dict.fromkeys(row_names)}
+
+        def run_engine(tasks=tasks):
+            engine._forward(id_lists, tasks)
+
+        def run_merged():
+            with torch.inference_mode():
+                merged(input_ids=ids, attention_mask=mask)
+
+        def run_peft_mixed(row_names=row_names):
+            with torch.inference_mode():
+                peft_model(input_ids=ids, attention_mask=mask, adapter_names=row_names)
+
+        def run_peft_groups(groups=groups):
+            with torch.inference_mode():
+                for name, idx in groups.items():
+                    peft_model.set_adapter(name)
+                    peft_model(input_ids=ids[idx], attention_mask=mask[idx])
+
+        t = interleaved({"merged": run_merged, "engine": run_engine, "peft_mixed": run_peft_mixed,
+                         "peft_groups": run_peft_groups}, reps)
+        row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
+               "merged_ms": round(t["merged"] * 1e3, 2),
+               "engine_ratio": round(t["engine"] / t["merged"], 4),
+               "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
+               "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
+        print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={k:<3} merged "
+              f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} | peft mixed "
+              f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f}",
+              flush=True)
+        rows.append(row)
+    gc.collect()
+    return rows
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[int]) -> dict:
+    """Cold load latency at several resident counts, warm switch cost, bytes per adapter."""
+    engine = MultiTaskModel(str(backbone.path), capacity=max(resident_counts) + 64)
+    ids = [[101] + [2000 + i for i in range(30)] + [102]]
+    cold = {}
+    loaded = 0
+    rss0 = rss_bytes()
+    for target in resident_counts:
+        while loaded < target - 1:
+            engine.load(paths[loaded % len(paths)], name=f"r{loaded}")
+            loaded += 1
+        times = []
+        for j in range(5):  # load one more (from disk), time it, take it out again
+            name = f"probe{j}"
+            t = time.perf_counter()
+            engine.load(paths[j % len(paths)], name=name)
+            times.append(time.perf_counter() - t)
+            engine.unload(name)
+        cold[target] = statistics.median(times) * 1e3
+        print(f"  {backbone.arch:<10} cold load with {target:>5} resident: {cold[target]:.2f} ms",
+              flush=True)
+    per_adapter = (rss_bytes() - rss0) / max(1, loaded)
+    # warm switch: the bookkeeping a batch pays to use another resident adapter than the last
+    a, b = engine.tasks["r0"], engine.tasks[f"r{loaded - 1}"]
+    n = 2000
+
+    def bookkeeping(task):
+        with engine._lock:
+            task.users += 1
+        with engine.router.route(torch.tensor([task.slot])):
+            pass
+        with engine._lock:
+            task.users -= 1
+
+    t = time.perf_counter()
+    for i in range(n):
+        bookkeeping(a if i % 2 else b)
+    warm_us = (time.perf_counter() - t) / n * 1e6
+    same = timed(lambda: engine._forward(ids, [a]), 20)
+    switch = statistics.median([timed(lambda t=t: engine._forward(ids, [t]), 1)
+                                for t in [a, b] * 10])
+    print(f"  {backbone.arch:<10} warm switch bookkeeping {warm_us:.1f} us; one-row forward "
+          f"same adapter {same * 1e3:.2f} ms, alternating {switch * 1e3:.2f} ms; "
+          f"{per_adapter / 1e6:.2f} MB per resident adapter", flush=True)
+    return {"cold_ms": cold, "warm_us": warm_us, "bytes_per_adapter": per_adapter,
+            "resident": loaded}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and adapters")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--resident", type=int, default=None,
+                    help="largest resident count for P2/memory (default 2000 distilbert, 10000 albert)")
+    args = ap.parse_args()
+    reps = args.reps or (3 if args.quick else 7)
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
+    result = {"p1": [], "p2": {}, "memory": {}}
+    for arch in ("distilbert", "albert"):
+        backbone = Backbone.resolve(make_base(work, arch))
+        paths = make_adapters(backbone, 8 if args.quick else 64, work)
+        print(f"[{arch}] P1: one batch, K distinct adapters, ratio to the merged model", flush=True)
+        ks = [1, 8] if args.quick else [1, 8, 64]
+        for batch, length in ((32, 128), (64, 32)):
+            result["p1"] += p1(backbone, paths, batch, length, ks, reps)
+        top = args.resident or (100 if args.quick else (2000 if arch == "distilbert" else 10000))
+        counts = [c for c in (1, 100, 1000, top) if c <= top]
+        print(f"[{arch}] P2/P3/memory", flush=True)
+        result["p2"][arch] = p2_p3_memory(backbone, paths, sorted(set(counts)))
+    p1_rows = result["p1"]
+    emit({
+        "p1_worst_ratio": max(r["engine_ratio"] for r in p1_rows),
+        "peft_mixed_worst_ratio": max(r["peft_mixed_ratio"] for r in p1_rows),
+        "peft_groups_worst_ratio": max(r["peft_groups_ratio"] for r in p1_rows),
+        "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3),
+        "p3_warm_us": round(max(v["warm_us"] for v in result["p2"].values()), 2),
+        "bytes_per_resident_adapter": {a: int(v["bytes_per_adapter"]) for a, v in result["p2"].items()},
+        "max_resident_adapters": {a: v["resident"] for a, v in result["p2"].items()},
+        "p1": p1_rows,
+        "p2_cold_ms": {a: v["cold_ms"] for a, v in result["p2"].items()},
+    })
+
+
+if __name__ == "__main__":
+    main()
