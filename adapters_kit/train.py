@@ -9,6 +9,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -241,7 +242,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE[spec.kind])
     base_fp = fingerprint(model)
     lora = lora_config(backbone.arch, spec.num_outputs, cfg)
-    model = get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(model, lora)
     model.train()
     params = _trainable(model)
 
@@ -274,8 +277,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         loaded = ckpt.load(params, optimizer)
         if loaded:
             state.update(loaded)
-            for _ in range(state["step"]):
-                schedule.step()
+            with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping a step
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                for _ in range(state["step"]):
+                    schedule.step()
             best_file = ckpt.dir / "best.safetensors"
             if best_file.exists():
                 from safetensors.torch import load_file
