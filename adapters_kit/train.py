@@ -42,6 +42,8 @@ class TrainConfig:
     head: str = "lora"
     """`lora`: the head's dense layer stays frozen and gets a LoRA update (small files).
     `full`: the dense layer is trained and saved whole (the naive design, for comparison)."""
+    dropout: float | None = None
+    """Override every dropout of the backbone and head during training (None keeps the model's)."""
     max_train_examples: int | None = None
     seed: int = 0
     evals_per_epoch: int = 2
@@ -245,6 +247,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(model, lora)
+    if config.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = config.dropout
     model.train()
     params = _trainable(model)
 

@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--targets", default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--head", default="lora", choices=["lora", "full"])
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="override every dropout (model and LoRA) during training")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="training time budget; the best checkpoint so far is kept")
@@ -42,7 +44,8 @@ def main() -> None:
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          head=args.head, max_train_examples=args.train_examples, seed=args.seed,
                          max_seconds=args.max_seconds, precision=args.precision,
-                         evals_per_epoch=args.evals_per_epoch,
+                         evals_per_epoch=args.evals_per_epoch, dropout=args.dropout,
+                         lora_dropout=args.dropout,
                          overwrite=True, resume=False)
     result = train(spec, out, config)
     print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"
