@@ -1,7 +1,9 @@
 """adapters_kit: many LoRA task adapters hot-swapped on one small encoder (DistilBERT or ALBERT)."""
 
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
+from .cache import AdapterCache
 from .errors import AdapterFileError, AdaptersKitError, BackboneError, DataError, TaskError
+from .merge import merge_adapter
 from .runtime import MultiTaskModel
 from .store import AdapterStore, read_adapter
 from .tasks import TaskSpec, get_task, list_tasks, load_card, register_task
@@ -10,6 +12,7 @@ from .train import TrainConfig, TrainResult, train
 __all__ = [
     "DEFAULT_BACKBONE",
     "TARGET_PRESETS",
+    "AdapterCache",
     "AdapterFileError",
     "AdapterStore",
     "AdaptersKitError",
@@ -24,6 +27,7 @@ __all__ = [
     "get_task",
     "list_tasks",
     "load_card",
+    "merge_adapter",
     "read_adapter",
     "register_task",
     "train",

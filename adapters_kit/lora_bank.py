@@ -115,13 +115,18 @@ class LoraBankLinear(nn.Module):
         if single is not None:
             if single == 0 or single >= capacity:
                 return out
-            return out + (x @ bank_a[single].T) @ bank_b[single].T
+            # One BLAS call adds the second factor straight into the base output: no delta
+            # tensor, no separate add pass.
+            flat = out.view(-1, out.shape[-1])  # [N, d_out]
+            flat.addmm_(x.reshape(-1, x.shape[-1]) @ bank_a[single].T, bank_b[single].T)
+            return out
         rows = rows.clamp(max=capacity - 1) * (rows < capacity)  # slots this layer never saw: 0
         a = bank_a[rows]  # [B, r, d_in]
         b = bank_b[rows]  # [B, d_out, r]
         x3 = x if x.dim() == 3 else x.unsqueeze(1)  # [B, T, d_in]
-        delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + (delta if x.dim() == 3 else delta.squeeze(1))
+        out3 = out if out.dim() == 3 else out.unsqueeze(1)  # [B, T, d_out], a view of out
+        out3.baddbmm_(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
+        return out
 
 
 def inject(model: nn.Module, suffixes: list[str], router: Router) -> dict[str, LoraBankLinear]:

@@ -104,6 +104,18 @@ class MultiTaskModel:
                 self._retire(current)
         return name
 
+    def replace(self, name: str, path: str | Path | AdapterFiles) -> str:
+        """Swap a resident task to a new adapter version; requests see the old or the new one.
+
+        The new files are verified before anything changes: if they are refused, the old
+        adapter keeps serving.
+        """
+        with self._lock:
+            if name not in self.tasks:
+                raise KeyError(f"task {name!r} is not loaded, so there is nothing to replace; "
+                               f"loaded: {sorted(self.tasks)}. Use load() instead")
+        return self.load(path, name=name)
+
     def _retire(self, task: ResidentTask) -> None:
         """Free a slot once no request still runs on it (called with the lock held)."""
         task.retired = True
@@ -119,6 +131,22 @@ class MultiTaskModel:
             if task is None:
                 raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
             self._retire(task)
+
+    def slot_bytes(self) -> int:
+        """Memory one resident adapter takes in the banks (all banks in use, padded rank)."""
+        total = 0
+        for bank in self.banks.values():
+            a, b = bank._banks
+            if a.shape[0]:
+                total += a[0].nbytes + b[0].nbytes
+        return total
+
+    def resident_bytes(self) -> int:
+        """Bank memory reserved for all slots, plus every resident task's head."""
+        banks = sum(b._banks[0].nbytes + b._banks[1].nbytes for b in self.banks.values())
+        heads = sum(t.head_weight.nbytes + (t.dense[0].nbytes if t.dense else 0)
+                    for t in self.tasks.values())
+        return banks + heads
 
     # -- inference ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Adapter files are untrusted input: only safetensors is read, never pickle, and e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -183,8 +184,6 @@ def read_adapter(path: str | Path) -> AdapterFiles:
         raise _refuse(path, "it has no task head (classifier) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
     nbytes = sum((path / n).stat().st_size for n in sums)
-    import hashlib
-
     digest = hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest()
     files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes,
                          digest=digest)

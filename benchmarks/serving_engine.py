@@ -147,11 +147,12 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         t = interleaved({"merged": run_merged, "engine": run_engine, "peft_mixed": run_peft_mixed,
                          "peft_groups": run_peft_groups}, reps)
         row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
+               "k_in_batch": len(groups),
                "merged_ms": round(t["merged"] * 1e3, 2),
                "engine_ratio": round(t["engine"] / t["merged"], 4),
                "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
                "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
-        print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={k:<3} merged "
+        print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
               f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} | peft mixed "
               f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f}",
               flush=True)
@@ -186,7 +187,9 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
         cold[target] = statistics.median(times) * 1e3
         print(f"  {backbone.arch:<10} cold load with {target:>5} resident: {cold[target]:.2f} ms",
               flush=True)
-    per_adapter = (rss_bytes() - rss0) / max(1, loaded)
+    rss_per_adapter = (rss_bytes() - rss0) / max(1, loaded)
+    head_bytes = statistics.mean(t.head_weight.nbytes for t in engine.tasks.values())
+    per_adapter = engine.slot_bytes() + head_bytes
     # warm switch: the bookkeeping a batch pays to use another resident adapter than the last
     a, b = engine.tasks["r0"], engine.tasks[f"r{loaded - 1}"]
     n = 2000
@@ -208,9 +211,12 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
                                 for t in [a, b] * 10])
     print(f"  {backbone.arch:<10} warm switch bookkeeping {warm_us:.1f} us; one-row forward "
           f"same adapter {same * 1e3:.2f} ms, alternating {switch * 1e3:.2f} ms; "
-          f"{per_adapter / 1e6:.2f} MB per resident adapter", flush=True)
+          f"{per_adapter / 1e3:.1f} KB per resident adapter (banks + head; RSS grew "
+          f"{rss_per_adapter / 1e3:.1f} KB per adapter); {loaded} resident, process RSS "
+          f"{rss_bytes() / 2**30:.2f} GiB", flush=True)
     return {"cold_ms": cold, "warm_us": warm_us, "bytes_per_adapter": per_adapter,
-            "resident": loaded}
+            "rss_bytes_per_adapter": rss_per_adapter, "resident": loaded,
+            "rss_gib": rss_bytes() / 2**30}
 
 
 def main() -> None:

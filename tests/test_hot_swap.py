@@ -63,3 +63,24 @@ def test_replace_and_unload_while_predicting(tiny_distilbert, sentiment_task, to
     # every retired slot was given back: two resident tasks hold exactly two slots
     assert len({t.slot for t in model.tasks.values()}) == 2
     assert len(model._free) == model.capacity - 1 - 2
+
+
+def test_failed_replace_keeps_the_old_adapter(tiny_distilbert, sentiment_task, tmp_path):
+    import shutil
+
+    import pytest
+
+    from adapters_kit import AdapterFileError
+
+    v1 = train(sentiment_task, tmp_path / "v1", quick(tiny_distilbert, epochs=1, seed=1)).path
+    model = MultiTaskModel(tiny_distilbert)
+    model.load(v1)
+    before = model.logits("tiny_sentiment", TEXTS)
+    bad = tmp_path / "bad"
+    shutil.copytree(v1, bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(AdapterFileError):
+        model.replace("tiny_sentiment", bad)
+    torch.testing.assert_close(model.logits("tiny_sentiment", TEXTS), before, rtol=0, atol=0)
+    with pytest.raises(KeyError, match="nothing to replace"):
+        model.replace("not_loaded", v1)
