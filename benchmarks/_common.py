@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,3 +26,14 @@ def require_shared(*parts: str) -> Path:
 def emit(record: dict) -> None:
     """The benchmark's last line: one JSON object."""
     print(json.dumps(record), flush=True)
+
+
+def median_seconds(fn, reps: int) -> float:
+    """Median seconds of `fn()` over `reps` runs, after one untimed warm-up run."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

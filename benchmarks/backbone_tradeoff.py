@@ -12,15 +12,13 @@ ratio to distilbert-base measured in the same run. The last line is one JSON obj
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit  # noqa: E402
+from _common import emit, median_seconds  # noqa: E402
 
 from adapters_kit.backbones import Backbone  # noqa: E402
 from adapters_kit.train import lora_config  # noqa: E402
@@ -44,13 +42,7 @@ def shaped(work: Path, arch: str) -> Path:
 
 
 def rows_per_second(fn, rows: int, reps: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return rows / statistics.median(times)
+    return rows / median_seconds(fn, reps)
 
 
 def measure(name: str, label: str) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit  # noqa: E402
+from _common import emit, median_seconds  # noqa: E402
 
 from adapters_kit import MultiTaskModel, TaskSpec  # noqa: E402
 from adapters_kit.backbones import Backbone, fingerprint  # noqa: E402
@@ -77,17 +77,6 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
         paths.append(save_adapter(work / backbone.arch / f"task{i:03d}", peft_model, meta,
                                   overwrite=True))
     return paths
-
-
-def timed(fn, reps: int) -> float:
-    """Median seconds of `fn()` over `reps` runs, after one warm-up."""
-    fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -214,8 +203,8 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
     for i in range(n):
         bookkeeping(a if i % 2 else b)
     warm_us = (time.perf_counter() - t) / n * 1e6
-    same = timed(lambda: engine._forward(ids, [a]), 20)
-    switch = statistics.median([timed(lambda t=t: engine._forward(ids, [t]), 1)
+    same = median_seconds(lambda: engine._forward(ids, [a]), 20)
+    switch = statistics.median([median_seconds(lambda t=t: engine._forward(ids, [t]), 1)
                                 for t in [a, b] * 10])
     print(f"  {backbone.arch:<10} warm switch bookkeeping {warm_us:.1f} us; one-row forward "
           f"same adapter {same * 1e3:.2f} ms, alternating {switch * 1e3:.2f} ms; "
