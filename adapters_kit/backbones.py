@@ -44,7 +44,8 @@ TARGET_PRESETS: dict[str, dict[str, list[str]]] = {
 }
 # The dense layer between the encoder and the classifier. It stays frozen in the base and
 # gets a LoRA update, so an adapter never carries a dim x dim matrix (see README, "Small files").
-HEAD_DENSE = {"distilbert": "pre_classifier", "albert": "pooler"}
+HEAD_DENSE_PATH = {"distilbert": "pre_classifier", "albert": "albert.pooler"}
+HEAD_DENSE = {arch: path.rsplit(".", 1)[-1] for arch, path in HEAD_DENSE_PATH.items()}  # peft suffix
 HEAD_OUT = "classifier"
 
 
@@ -122,10 +123,10 @@ def _materialise(name_or_path: str) -> Path:
     model, info = AutoModelForSequenceClassification.from_pretrained(
         str(name_or_path), num_labels=2, output_loading_info=True
     )
-    dense = getattr(model, "pre_classifier", None) if arch == "distilbert" else model.albert.pooler
+    dense_name = HEAD_DENSE_PATH[arch]
+    dense = model.get_submodule(dense_name)
     missing = set(info.get("missing_keys", []))
-    dense_name = "pre_classifier" if arch == "distilbert" else "albert.pooler"
-    if dense is not None and f"{dense_name}.weight" in missing:
+    if f"{dense_name}.weight" in missing:
         with torch.no_grad():
             dense.weight.copy_(torch.eye(dense.weight.shape[0], dense.weight.shape[1]))
             dense.bias.zero_()

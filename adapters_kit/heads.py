@@ -37,7 +37,9 @@ def dense_activation(arch: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_module(arch: str, model: torch.nn.Module) -> torch.nn.Module:
-    return model.pre_classifier if arch == "distilbert" else model.albert.pooler
+    from .backbones import HEAD_DENSE_PATH
+
+    return model.get_submodule(HEAD_DENSE_PATH[arch])
 
 
 def decode(kind: str, labels: list[str], logits: torch.Tensor, threshold: float = 0.5) -> list[dict]:

@@ -34,11 +34,11 @@ class Router:
         return getattr(self._local, "single", None)
 
     @contextlib.contextmanager
-    def route(self, slots: torch.Tensor) -> Iterator[None]:
-        """Route rows to `slots` ([B] long) for the duration of a forward pass."""
-        uniq = torch.unique(slots)
-        self._local.rows = slots
-        self._local.single = int(uniq[0]) if len(uniq) == 1 else None
+    def route(self, slots: list[int]) -> Iterator[None]:
+        """Route row i to `slots[i]` for the duration of a forward pass."""
+        distinct = set(slots)
+        self._local.rows = torch.tensor(slots, dtype=torch.long)  # [B]
+        self._local.single = slots[0] if len(distinct) == 1 else None
         try:
             yield
         finally:
@@ -129,16 +129,15 @@ class LoraBankLinear(nn.Module):
         return out
 
 
-def inject(model: nn.Module, suffixes: list[str], router: Router) -> dict[str, LoraBankLinear]:
-    """Wrap every `nn.Linear` whose name ends with one of `suffixes`; returns them by path."""
-    banks = {}
-    for path, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and any(
-            path == s or path.endswith("." + s) for s in suffixes
-        ):
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
-            bank = LoraBankLinear(module, router)
-            setattr(parent, child, bank)
-            banks[path] = bank
-    return banks
+def wrap(model: nn.Module, path: str, router: Router) -> LoraBankLinear:
+    """Replace the `nn.Linear` at `path` with a bank around it (or return the existing bank)."""
+    module = model.get_submodule(path)
+    if isinstance(module, LoraBankLinear):
+        return module
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{path} is a {type(module).__name__}, not a linear layer")
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    bank = LoraBankLinear(module, router)
+    setattr(parent, child, bank)
+    return bank

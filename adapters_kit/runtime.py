@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from . import heads
-from .backbones import HEAD_DENSE, TARGET_PRESETS, Backbone, fingerprint
+from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
 from .data import collate
-from .errors import AdapterFileError, DataError
-from .lora_bank import Router, inject
+from .errors import DataError
+from .lora_bank import LoraBankLinear, Router, wrap
 from .store import AdapterFiles, check_against_base, read_adapter
 
 TextInput = str | tuple[str, str] | list[str]
@@ -57,9 +57,10 @@ class MultiTaskModel:
         self.fingerprint = fingerprint(self.model)
         self.tokenizer = self.backbone.tokenizer()
         self.router = Router()
-        self.dense_name = "pre_classifier" if self.arch == "distilbert" else "albert.pooler"
-        targets = TARGET_PRESETS[self.arch]["all-linear"] + [HEAD_DENSE[self.arch]]
-        self.banks = inject(self.model, targets, self.router)
+        self.dense_name = HEAD_DENSE_PATH[self.arch]
+        # Only linears some resident adapter targets are wrapped (on its first load): the others
+        # stay plain nn.Linear and cost nothing per forward.
+        self.banks: dict[str, LoraBankLinear] = {}
         self.capacity = capacity
         self.tasks: dict[str, ResidentTask] = {}
         self._free = list(range(capacity - 1, 0, -1))  # slot 0 means "no adapter"
@@ -83,12 +84,11 @@ class MultiTaskModel:
             if current is not None and current.digest == files.digest:
                 return name
             check_against_base(files, self.model, self.fingerprint)
-            pairs = files.lora_pairs()
-            unknown = sorted(set(pairs) - set(self.banks))
-            if unknown:
-                raise AdapterFileError(f"adapter {files.path} targets {unknown}, which this "
-                                       "runtime does not adapt; nothing was loaded")
+            pairs = files.lora_pairs()  # every module was checked to be a base linear above
             slot = self._take_slot()
+            for module in pairs:
+                if module not in self.banks:
+                    self.banks[module] = wrap(self.model, module, self.router)
             for module, (a, b) in pairs.items():
                 self.banks[module].set_slot(slot, a, b, files.scale(module), self.capacity)
             task = files.task["task"]
@@ -161,8 +161,7 @@ class MultiTaskModel:
     def _forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
         """Raw outputs for token ids, each row through its own task's adapter and head."""
         input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0)
-        slots = torch.tensor([t.slot for t in tasks], dtype=torch.long)  # [B]
-        with self.router.route(slots):
+        with self.router.route([t.slot for t in tasks]):
             cls = heads.encoder_cls(self.arch, self.model, input_ids, mask)  # [B, hidden]
             shared = heads.dense_activation(self.arch, heads.dense_module(self.arch, self.model)(cls))
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]

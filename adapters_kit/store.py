@@ -14,6 +14,7 @@ Adapter files are untrusted input: only safetensors is read, never pickle, and e
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -63,7 +64,7 @@ def save_adapter(directory: Path, peft_model, task: dict, overwrite: bool = Fals
     directory = Path(directory)
     recover_directory(directory.parent)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        config = peft_model.peft_config["default"]
+        config = copy.deepcopy(peft_model.peft_config["default"])  # the caller's stays trainable
         config.inference_mode = True
         config.save_pretrained(str(tmp))
         state = get_peft_model_state_dict(peft_model)

@@ -254,6 +254,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     model.train()
     params = _trainable(model)
 
+    clipped = list(params.values())
     pad = tokenizer.pad_token_id or 0
     train_ids = tokenize(tokenizer, train_split, cfg["max_length"])
     dev_ids = tokenize(tokenizer, dev_split, cfg["max_length"])
@@ -277,6 +278,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                                     sort_keys=True, default=str).encode()).hexdigest()
     ckpt = _Checkpoint(out_dir.parent / ".checkpoints" / out_dir.name, key)
     state = {"step": 0, "losses": [], "evals": [], "best": None, "best_step": None,
+             "best_metrics": None,
              "bad_evals": 0, "seconds": 0.0, "seen": 0}
     best_state: dict[str, torch.Tensor] | None = None
     if config.resume:
@@ -316,7 +318,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 logits = model(input_ids=input_ids, attention_mask=mask).logits
             loss = heads.loss(spec.kind, logits.float(), train_split.targets[batch])
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            torch.nn.utils.clip_grad_norm_(clipped, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
@@ -333,7 +335,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 better = state["best"] is None or (
                     value > state["best"] if higher_is_better else value < state["best"])
                 if better:
-                    state.update(best=value, best_step=step, bad_evals=0)
+                    state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
                     best_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
                 else:
                     state["bad_evals"] += 1
@@ -359,7 +361,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, best_state)
-    final = evaluate()
+    # The best state's dev metrics were computed when it was kept (evaluation is deterministic).
+    final = state["best_metrics"] or evaluate()
     baseline = tfidf_baseline(spec, train_split, dev_split) if config.baseline else {}
     png = curves_png(state["losses"], state["evals"], spec.metric,
                      f"{spec.name} on {backbone.name}")

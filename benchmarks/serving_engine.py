@@ -194,7 +194,7 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
     def bookkeeping(task):
         with engine._lock:
             task.users += 1
-        with engine.router.route(torch.tensor([task.slot])):
+        with engine.router.route([task.slot]):
             pass
         with engine._lock:
             task.users -= 1

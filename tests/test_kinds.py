@@ -69,3 +69,30 @@ def test_regression_trains_and_serves_beside_classification(tiny_distilbert, reg
     assert mixed[2]["value"] == pytest.approx(float(alone[1]), abs=1e-5)
     assert mixed[1]["label"] in ("neg", "pos") and "value" not in mixed[1]
     assert alone.shape == torch.Size([2, 1])
+
+
+def test_sentence_pair_task_trains_and_serves(tiny_distilbert, tmp_path):
+    """A text-pair classification task, end to end: data, training, pair inputs at serving."""
+    rng = random.Random(5)
+    rows = []
+    for i in range(96):
+        a = rng.choice(WORDS_POS + WORDS_NEG)
+        same = i % 2 == 0
+        b = a if same else rng.choice([w for w in WORDS_POS + WORDS_NEG if w != a])
+        rows.append((f"the film was {a}", f"this plot was {b}", "same" if same else "different"))
+    path = write_tsv(tmp_path / "pairs.tsv", ["first", "second", "label"], rows)
+    spec = TaskSpec(name="tiny_pairs", labels=["different", "same"], text_fields=["first", "second"],
+                    train=str(path), dev_fraction=0.25, epochs=2, learning_rate=1e-2,
+                    batch_size=16, rank=4, targets="all-linear")
+    r = train(spec, tmp_path / "pairs", quick(tiny_distilbert, baseline=True))
+    assert {"accuracy", "f1_macro", "mcc"} <= set(r.metrics) and "mcc" in r.baseline
+    model = MultiTaskModel(tiny_distilbert)
+    model.load(r.path)
+    pair = ("the film was great", "this plot was great")
+    (pred,) = model.predict("tiny_pairs", [pair])
+    assert set(pred["scores"]) == {"different", "same"}
+    # the pair is encoded as a pair, not as one text
+    assert not torch.allclose(model.logits("tiny_pairs", [pair]),
+                              model.logits("tiny_pairs", [("the film was great", "")]))
+    with pytest.raises(Exception, match="pair of texts"):
+        model.predict("tiny_pairs", ["only one text"])

@@ -74,3 +74,22 @@ def test_early_stopping_and_baseline(tiny_distilbert, sentiment_task, tmp_path):
     meta = json.loads((r.path / "task.json").read_text())
     assert meta["training"]["stopped_early"] and meta["training"]["steps"] < 20 * 6
     assert 0.0 <= r.baseline["accuracy"] <= 1.0 and "tfidf_baseline" in meta
+
+
+def test_the_saved_adapter_is_the_best_evaluation(tiny_distilbert, sentiment_task, tmp_path):
+    """Best-checkpoint selection: the file holds the best dev state, and reproduces its score."""
+    from adapters_kit import MultiTaskModel
+    from adapters_kit.data import load_splits
+    from adapters_kit.metrics import score
+
+    r = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=6, evals_per_epoch=2,
+                                                    patience=100, learning_rate=5e-2))
+    evals = [v for _, v in r.history["evals"]]
+    assert r.metrics["accuracy"] == max(evals)
+    best_step = r.history["best_step"]
+    assert dict(r.history["evals"])[best_step] == max(evals)
+    _, dev = load_splits(sentiment_task)
+    model = MultiTaskModel(tiny_distilbert)
+    model.load(r.path)
+    logits = model.logits("tiny_sentiment", dev.texts[0])
+    assert score("classification", dev.targets, logits) == pytest.approx(r.metrics, abs=1e-9)
