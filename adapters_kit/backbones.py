@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,20 @@ TARGET_PRESETS: dict[str, dict[str, list[str]]] = {
 HEAD_DENSE_PATH = {"distilbert": "pre_classifier", "albert": "albert.pooler"}
 HEAD_DENSE = {arch: path.rsplit(".", 1)[-1] for arch, path in HEAD_DENSE_PATH.items()}  # peft suffix
 HEAD_OUT = "classifier"
+SPAN_OUT = "qa_outputs"  # extractive QA's start/end layer
+# The transformers class (and so the head) each task kind is trained and served with.
+AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
+              "extractive-qa": "AutoModelForQuestionAnswering"}
+
+
+def head_module(kind: str) -> str:
+    """The output layer a task of `kind` owns: `classifier`, or `qa_outputs` for extractive QA."""
+    return SPAN_OUT if kind == "extractive-qa" else HEAD_OUT
+
+
+def reads_head_dense(kind: str) -> bool:
+    """Sequence kinds read the first token through the head's dense layer; token kinds don't."""
+    return kind not in AUTO_CLASS
 
 
 def _quiet_transformers() -> None:
@@ -56,12 +71,17 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def target_modules(arch: str, preset: str | list[str], head: str = "lora") -> list[str]:
+def target_modules(arch: str, preset: str | list[str], head: str = "lora",
+                   kind: str = "classification") -> list[str]:
     """Module-name suffixes that get LoRA for `preset`.
 
-    With `head == "lora"` (the small-file design) the head's dense layer and the classifier get
-    LoRA too: the classifier's base is zero (see `Backbone.head_dir`), so its LoRA product *is*
-    the task classifier, and no dim x dim matrix is ever saved.
+    Sequence kinds with `head == "lora"` (the small-file design): the head's dense layer and
+    the classifier get LoRA too. The classifier's base is zero (see `Backbone.head_dir`), so its
+    LoRA product *is* the task classifier, and no dim x dim matrix is ever saved.
+
+    Token-level kinds (NER, QA) have no dense layer in their head, and their output layer
+    (labels x dim, a few KB) is trained and saved whole, bias included: a bias-free low-rank
+    output layer cannot learn the strong prior of the `O` tag, and training stalls.
     """
     if isinstance(preset, str):
         presets = TARGET_PRESETS[arch]
@@ -72,7 +92,7 @@ def target_modules(arch: str, preset: str | list[str], head: str = "lora") -> li
         names = list(presets[preset])
     else:
         names = list(preset)
-    if head == "lora":
+    if head == "lora" and reads_head_dense(kind):
         names += [m for m in (HEAD_DENSE[arch], HEAD_OUT) if m not in names]
     return names
 
@@ -133,7 +153,7 @@ def _materialise(name_or_path: str) -> Path:
     try:
         with atomic_directory(target) as tmp:
             state = {k: v.contiguous() for k, v in model.state_dict().items()
-                     if not k.startswith(HEAD_OUT + ".")}
+                     if not k.startswith((HEAD_OUT + ".", SPAN_OUT + "."))}
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
             model.config.save_pretrained(tmp)
             try:
@@ -169,7 +189,8 @@ def fingerprint(model: torch.nn.Module) -> str:
             "num_hidden_groups", "embedding_size", "intermediate_size", "hidden_dim")
     h.update(json.dumps({k: getattr(config, k, None) for k in keys}, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(HEAD_OUT + ".") or ".lora_" in name or "modules_to_save" in name:
+        if name.startswith((HEAD_OUT + ".", SPAN_OUT + ".")) or ".lora_" in name or \
+                "modules_to_save" in name:
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
         t = tensor.detach().to("cpu").contiguous()
@@ -201,14 +222,16 @@ class Backbone:
         _quiet_transformers()
         return AutoTokenizer.from_pretrained(str(self.path))
 
-    def head_dir(self, num_labels: int) -> Path:
-        """The base folder for tasks with `num_labels` outputs: the backbone plus a zero classifier.
+    def head_dir(self, num_labels: int, head: str = HEAD_OUT) -> Path:
+        """The base folder for tasks with `num_labels` outputs: the backbone plus a zero output
+        layer (`classifier`, or `qa_outputs` for extractive QA).
 
-        A task's classifier is then exactly its adapter's LoRA product, and
-        `AutoModelForSequenceClassification.from_pretrained(head_dir, num_labels=n)` rebuilds the
-        whole base deterministically. The encoder weights are hard-linked, not copied.
+        A task's output layer is then exactly its adapter's LoRA product, and
+        `AutoModelFor...from_pretrained(head_dir, num_labels=n)` rebuilds the whole base
+        deterministically. The encoder weights are hard-linked, not copied.
         """
-        target = self.path / "heads" / f"labels-{num_labels}"
+        target = self.path / "heads" / (f"labels-{num_labels}" if head == HEAD_OUT
+                                         else f"{head}-{num_labels}")
         if (target / BASE_INFO).exists():
             return target
         from safetensors import safe_open
@@ -223,11 +246,11 @@ class Backbone:
                     os.link(self.path / "model.safetensors", tmp / shard1)
                 except OSError:
                     shutil.copyfile(self.path / "model.safetensors", tmp / shard1)
-                save_file({f"{HEAD_OUT}.weight": torch.zeros(num_labels, hidden),
-                           f"{HEAD_OUT}.bias": torch.zeros(num_labels)}, str(tmp / shard2),
+                save_file({f"{head}.weight": torch.zeros(num_labels, hidden),
+                           f"{head}.bias": torch.zeros(num_labels)}, str(tmp / shard2),
                           metadata={"format": "pt"})
                 weight_map = {n: shard1 for n in names}
-                weight_map.update({f"{HEAD_OUT}.weight": shard2, f"{HEAD_OUT}.bias": shard2})
+                weight_map.update({f"{head}.weight": shard2, f"{head}.bias": shard2})
                 (tmp / "model.safetensors.index.json").write_text(
                     json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
                 config = json.loads((self.path / "config.json").read_text())
@@ -242,16 +265,26 @@ class Backbone:
                 raise
         return target
 
-    def load_model(self, num_labels: int, problem_type: str | None = None) -> torch.nn.Module:
-        """The base as `AutoModelForSequenceClassification`, exactly as plain peft users load it."""
-        from transformers import AutoModelForSequenceClassification
+    def load_model(self, num_labels: int, problem_type: str | None = None,
+                   kind: str = "classification") -> torch.nn.Module:
+        """The base with the head of `kind` (`AutoModelForSequenceClassification`,
+        `...ForTokenClassification` or `...ForQuestionAnswering`), exactly as plain peft users
+        load it."""
+        import transformers
 
         _quiet_transformers()
+        cls = getattr(transformers, AUTO_CLASS.get(kind, "AutoModelForSequenceClassification"))
         kwargs = {"problem_type": problem_type} if problem_type else {}
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(self.head_dir(num_labels)), num_labels=num_labels, **kwargs
-        )
+        with warnings.catch_warnings():  # the shared base folder holds the other kinds' layers
+            warnings.filterwarnings("ignore", message=".*were not used when initializing.*")
+            model = cls.from_pretrained(str(self.head_dir(num_labels, head_module(kind))),
+                                        num_labels=num_labels, **kwargs)
         return model.eval()
+
+    def fingerprint(self) -> str:
+        """The fingerprint every adapter of this base carries, whatever its task kind: taken
+        over the sequence-classification model (encoder and head dense layer)."""
+        return fingerprint(self.load_model(1))
 
 
 def describe_backbones() -> list[dict]:

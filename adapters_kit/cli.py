@@ -84,41 +84,36 @@ def _model_for(adapter_dir: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_eval_split
-    from .metrics import score
-    from .tasks import TaskSpec
+    from .evaluation import evaluate_adapter
 
     started = time.perf_counter()
-    model, name, files = _model_for(args.adapter_dir)
-    spec = TaskSpec.from_dict({k: v for k, v in files.task["task"].items() if k != "source"})
-    seed = files.task.get("training", {}).get("seed", 0)
-    split = load_eval_split(spec, args.data, args.split, seed=seed)
-    inputs = list(zip(*split.texts)) if spec.is_pair else split.texts[0]
-    import torch
-
-    logits = torch.stack(model.logits_mixed([(name, x) for x in inputs]))
-    metrics = score(spec.kind, split.targets, logits)
+    model, _, files = _model_for(args.adapter_dir)
+    result = evaluate_adapter(files.path, args.data, args.split, model=model)
     seconds = time.perf_counter() - started
     if args.json:
-        _print_json({"task": spec.name, "split": args.data or args.split, "examples": len(split),
-                     "metrics": metrics, "seconds": round(seconds, 2),
-                     "adapter": str(files.path)})
+        _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path)})
     else:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"{spec.name} on {args.data or args.split} ({len(split)} examples): {shown}")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+        print(f"{result['task']} on {result['split']} ({result['examples']} examples): {shown}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model, name, _ = _model_for(args.adapter_dir)
     task = model.tasks[name]
-    inputs = [tuple(t.split(args.sep, 1)) if task.pair else t for t in args.texts]
+    inputs = [tuple(t.split(args.sep, 1)) if task.spec.is_pair else t for t in args.texts]
     preds = model.predict(name, inputs)
     if args.json:
         _print_json({"task": name, "predictions": preds})
     else:
         for text, p in zip(args.texts, preds):
-            if p.get("value") is not None:
+            if "entities" in p:
+                found = ", ".join(f"{e['text']} ({e['type']}, {e['score']:.2f})"
+                                  for e in p["entities"])
+                print(f"{found or '(no entities)'}\t{text}")
+            elif "answer" in p:
+                print(f"{p['answer']}\t{p['score']:.3f}\t{text}")
+            elif p.get("value") is not None:
                 print(f"{p['value']:.4f}\t{text}")
             else:
                 best = p["scores"].get(p["label"], 0.0) if p["label"] else 0.0

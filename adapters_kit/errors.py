@@ -19,3 +19,7 @@ class BackboneError(AdaptersKitError, ValueError):
 
 class AdapterFileError(AdaptersKitError, ValueError):
     """An adapter directory is corrupt, foreign, or unsafe; nothing was loaded from it."""
+
+
+class DataWarning(UserWarning):
+    """Training data had examples that were skipped (each is named, and counted)."""

@@ -5,6 +5,9 @@
     model.load("adapters/support_intent")
     model.predict("sst2", ["a charming film"])
     model.predict_mixed([("sst2", "dull"), ("support_intent", "refund please")])
+
+Task kinds mix freely in one batch: a sentiment row, a NER row and a QA row (question, context)
+share one pass through the base, and each gets its own kind of answer.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import torch
 from . import heads
 from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
 from .data import collate
-from .errors import DataError
+from .kinds import Kind, Row, kind_of
 from .lora_bank import LoraBankLinear, Router, wrap
 from .store import AdapterFiles, check_against_base, read_adapter
+from .tasks import TaskSpec
 
-TextInput = str | tuple[str, str] | list[str]
+TextInput = str | tuple[str, str] | list[str] | dict
 
 
 @dataclass
@@ -41,6 +45,8 @@ class ResidentTask:
     path: Path
     nbytes: int
     digest: str
+    spec: TaskSpec
+    impl: Kind
     users: int = 0  # forward passes using this slot right now
     retired: bool = False  # unloaded or replaced: the slot is freed when `users` drops to 0
 
@@ -92,13 +98,14 @@ class MultiTaskModel:
             for module, (a, b) in pairs.items():
                 self.banks[module].set_slot(slot, a, b, files.scale(module), self.capacity)
             task = files.task["task"]
+            spec = TaskSpec.from_dict({k: v for k, v in task.items() if k != "source"})
             w, bias = files.head()
             resident = ResidentTask(
                 name=name, slot=slot, kind=task["kind"], labels=list(task["labels"]),
                 pair=len(task["text_fields"]) == 2, max_length=task.get("max_length", 512),
                 head_weight=w.float(), head_bias=None if bias is None else bias.float(),
                 dense=files.dense_override(self.dense_name), path=files.path, nbytes=files.nbytes,
-                digest=files.digest)
+                digest=files.digest, spec=spec, impl=kind_of(spec))
             self.tasks[name] = resident  # the swap: new requests see the new adapter from here
             if current is not None:
                 self._retire(current)
@@ -150,45 +157,54 @@ class MultiTaskModel:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def _encode(self, task: ResidentTask, item: TextInput) -> list[int]:
-        parts = [item] if isinstance(item, str) else list(item)
-        if len(parts) != (2 if task.pair else 1) or not all(isinstance(p, str) for p in parts):
-            want = "a pair of texts" if task.pair else "one text"
-            raise DataError(f"task {task.name!r} takes {want} per input, got {item!r}")
-        return self.tokenizer(*parts, truncation=True, max_length=task.max_length)["input_ids"]
+    def _encode(self, task: ResidentTask, item: TextInput) -> list[Row]:
+        return task.impl.encode(task.spec, self.tokenizer, item)
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
-        """Raw outputs for token ids, each row through its own task's adapter and head."""
+        """Raw outputs for token ids, each row through its own task's adapter and head:
+        [n_outputs] for sequence kinds, [tokens, n_outputs] for token-level kinds."""
         input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0)
         with self.router.route([t.slot for t in tasks]):
-            cls = heads.encoder_cls(self.arch, self.model, input_ids, mask)  # [B, hidden]
-            shared = heads.dense_activation(self.arch, heads.dense_module(self.arch, self.model)(cls))
+            hidden = heads.encoder_hidden(self.arch, self.model, input_ids, mask,  # [B, T, hidden]
+                                          self.tokenizer.sep_token_id)
+            cls = hidden[:, 0]
+            if any(t.spec.is_sequence for t in tasks):
+                dense = heads.dense_module(self.arch, self.model)
+                shared = heads.dense_activation(self.arch, dense(cls))
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
         groups: dict[str, list[int]] = {}
         for row, t in enumerate(tasks):
             groups.setdefault(t.name, []).append(row)
         for rows in groups.values():  # heads are small: one matmul per task in the batch
             t = tasks[rows[0]]
-            feats = shared[rows]
-            if t.dense is not None:
-                w, b = t.dense
-                feats = heads.dense_activation(self.arch, cls[rows] @ w.T + b)
+            if t.spec.is_sequence:
+                feats = shared[rows]
+                if t.dense is not None:
+                    w, b = t.dense
+                    feats = heads.dense_activation(self.arch, cls[rows] @ w.T + b)
+            else:
+                feats = hidden[rows]  # token-level heads read every position
             logits = feats @ t.head_weight.T
             if t.head_bias is not None:
                 logits = logits + t.head_bias
             for i, row in enumerate(rows):
-                out[row] = logits[i]
+                out[row] = logits[i] if t.spec.is_sequence else logits[i, : len(ids[row])]
         return out
 
     def logits_mixed(self, requests: list[tuple[str, TextInput]],
-                     batch_size: int = 64) -> list[torch.Tensor]:
-        """Raw outputs per request, in order; one base pass per batch whatever the task mix."""
-        return [row for _, row in self._run(requests, batch_size)]
+                     batch_size: int = 64) -> list[torch.Tensor | list[torch.Tensor]]:
+        """Raw outputs per request, in order; one base pass per batch whatever the task mix.
 
-    def _run(self, requests: list[tuple[str, TextInput]],
-             batch_size: int = 64) -> list[tuple[ResidentTask, torch.Tensor]]:
-        """(task version used, raw output) per request, in order."""
+        A sequence-kind request gives [n_outputs]; a NER request [tokens, n_labels]; a QA
+        request [tokens, 2] (start, end), or a list of those when its context needed several
+        windows.
+        """
+        return [outs[0] if len(outs) == 1 else outs for _, _, outs in self._run(requests, batch_size)]
+
+    def _run(self, requests: list[tuple[str, TextInput]], batch_size: int = 64
+             ) -> list[tuple[ResidentTask, list[Row], list[torch.Tensor]]]:
+        """(task version used, model inputs, raw output per input) per request, in order."""
         with self._lock:  # lease every task this call uses: each row sees one adapter version
             resolved = [(self._task(name), item) for name, item in requests]
             leased = {id(t): t for t, _ in resolved}.values()
@@ -196,20 +212,41 @@ class MultiTaskModel:
                 t.users += 1
         try:
             encoded = [(t, self._encode(t, item)) for t, item in resolved]
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
-            out: list = [None] * len(encoded)
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                rows = self._forward([encoded[i][1] for i in idx], [encoded[i][0] for i in idx])
-                for i, row in zip(idx, rows):
-                    out[i] = (encoded[i][0], row)
-            return out
+            flat = [(r, j) for r, (_, rows) in enumerate(encoded) for j in range(len(rows))]
+            flat.sort(key=lambda rj: len(encoded[rj[0]][1][rj[1]].ids))
+            outs: list[list] = [[None] * len(rows) for _, rows in encoded]
+            for start in range(0, len(flat), batch_size):
+                chunk = flat[start : start + batch_size]
+                result = self._forward([encoded[r][1][j].ids for r, j in chunk],
+                                       [encoded[r][0] for r, _ in chunk])
+                for (r, j), row in zip(chunk, result):
+                    outs[r][j] = row
+            return [(t, rows, o) for (t, rows), o in zip(encoded, outs)]
         finally:
             with self._lock:
                 for t in leased:
                     t.users -= 1
                     if t.retired and t.users == 0:
                         self._retire(t)
+
+    def run_ids(self, name: str, ids: list[list[int]], batch_size: int = 64) -> list[torch.Tensor]:
+        """Raw outputs for already tokenised rows of one task (evaluation), in order."""
+        with self._lock:
+            task = self._task(name)
+            task.users += 1
+        try:
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+            out: list = [None] * len(ids)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                for i, row in zip(idx, self._forward([ids[i] for i in idx], [task] * len(idx))):
+                    out[i] = row
+            return out
+        finally:
+            with self._lock:
+                task.users -= 1
+                if task.retired and task.users == 0:
+                    self._retire(task)
 
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)
@@ -220,9 +257,8 @@ class MultiTaskModel:
     def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:
         """Predictions for (task, input) pairs of any tasks, in input order."""
         out = []
-        for (name, _), (task, row) in zip(requests, self._run(requests)):
-            pred = heads.decode(task.kind, task.labels, row.unsqueeze(0))[0]
-            out.append({"task": name, **pred})
+        for (name, item), (task, rows, outs) in zip(requests, self._run(requests)):
+            out.append({"task": name, **task.impl.decode(task.spec, rows, outs, item)})
         return out
 
     def predict(self, task: str, inputs: list[TextInput]) -> list[dict]:
@@ -231,4 +267,5 @@ class MultiTaskModel:
                 for p in self.predict_mixed([(task, x) for x in inputs])]
 
     def logits(self, task: str, inputs: list[TextInput]) -> torch.Tensor:
+        """Raw outputs [n, n_outputs] for one sequence-kind task's inputs."""
         return torch.stack(self.logits_mixed([(task, x) for x in inputs]))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import HEAD_OUT
+from .backbones import HEAD_OUT, SPAN_OUT, head_module
 from .errors import AdapterFileError
 from .fsutil import atomic_directory, recover_directory, sha256_file
 
@@ -96,6 +96,22 @@ class AdapterFiles:
         return self.task["task"]["name"]
 
     @property
+    def kind(self) -> str:
+        return self.task["task"].get("kind", "classification")
+
+    @property
+    def head_name(self) -> str:
+        """The task's output layer: `classifier`, or `qa_outputs` for extractive QA."""
+        return head_module(self.kind)
+
+    @property
+    def num_outputs(self) -> int:
+        task = self.task["task"]
+        if task["kind"] == "regression":
+            return 1
+        return 2 if task["kind"] == "extractive-qa" else len(task["labels"])
+
+    @property
     def fingerprint(self) -> str:
         return self.task["backbone"]["fingerprint"]
 
@@ -105,21 +121,22 @@ class AdapterFiles:
         for key, a in self.tensors.items():
             if key.endswith(".lora_A.weight"):
                 module = key[len(_PREFIX) : -len(".lora_A.weight")]
-                if module == HEAD_OUT and not include_head:
+                if module in (HEAD_OUT, SPAN_OUT) and not include_head:
                     continue
                 out[module] = (a, self.tensors[key.replace(".lora_A.", ".lora_B.")])
         return out
 
     def head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The task classifier as a dense weight [n_outputs, hidden] and bias [n_outputs].
+        """The task's output layer as a dense weight [n_outputs, hidden] and bias [n_outputs].
 
-        Saved whole (peft's `modules_to_save`), or as LoRA over the base's zero classifier.
+        Saved whole (peft's `modules_to_save`), or as LoRA over the base's zero output layer.
         """
-        full = self.tensors.get(_PREFIX + HEAD_OUT + ".weight")
+        name = self.head_name
+        full = self.tensors.get(_PREFIX + name + ".weight")
         if full is not None:
-            return full, self.tensors.get(_PREFIX + HEAD_OUT + ".bias")
-        a, b = self.lora_pairs(include_head=True)[HEAD_OUT]
-        return (b.float() @ a.float()) * self.scale(HEAD_OUT), None
+            return full, self.tensors.get(_PREFIX + name + ".bias")
+        a, b = self.lora_pairs(include_head=True)[name]
+        return (b.float() @ a.float()) * self.scale(name), None
 
     def dense_override(self, module: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A head dense layer saved whole (the naive design), if this adapter has one."""
@@ -180,9 +197,9 @@ def read_adapter(path: str | Path) -> AdapterFiles:
     except (SafetensorError, OSError, ValueError) as e:
         raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
                       "copy the adapter again; the file may be truncated") from e
-    if _PREFIX + HEAD_OUT + ".weight" not in tensors and \
-            _PREFIX + HEAD_OUT + ".lora_A.weight" not in tensors:
-        raise _refuse(path, "it has no task head (classifier) weights",
+    head = head_module(task.get("task", {}).get("kind", "classification"))
+    if _PREFIX + head + ".weight" not in tensors and _PREFIX + head + ".lora_A.weight" not in tensors:
+        raise _refuse(path, f"it has no task head ({head}) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
     nbytes = sum((path / n).stat().st_size for n in sums)
     digest = hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest()
@@ -201,9 +218,17 @@ def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint:
         raise _refuse(files.path, f"it was trained on base {files.fingerprint[:12]} "
                       f"({files.task['backbone'].get('name')}), not this base {fingerprint[:12]}",
                       "load it with the backbone it was trained on, or retrain it on this one")
-    task = files.task["task"]
-    n_out = 1 if task["kind"] == "regression" else len(task["labels"])
-    for module, (a, b) in files.lora_pairs(include_head=True).items():
+    n_out = files.num_outputs
+    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim
+    pairs = files.lora_pairs(include_head=True)
+    for module in sorted(pairs, key=lambda m: m == files.head_name):  # the base's layers first
+        a, b = pairs[module]
+        if module == files.head_name:  # the output layer is the task's own, not the base's
+            if a.shape[1] != hidden or b.shape[0] != n_out:
+                raise _refuse(files.path, f"the {module} LoRA is {b.shape[0]}x{a.shape[1]} but "
+                              f"this base and task need {n_out}x{hidden}",
+                              "use the backbone the adapter was trained on")
+            continue
         try:
             layer = model.get_submodule(module)
         except AttributeError:
@@ -212,15 +237,13 @@ def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint:
         layer = getattr(layer, "base", layer)
         if not isinstance(layer, torch.nn.Linear):
             raise _refuse(files.path, f"module {module} is not a linear layer", "check the backbone")
-        out_features = n_out if module == HEAD_OUT else layer.out_features
-        if a.shape[1] != layer.in_features or b.shape[0] != out_features:
+        if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
             raise _refuse(files.path, f"LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the "
-                          f"base layer is {out_features}x{layer.in_features}",
+                          f"base layer is {layer.out_features}x{layer.in_features}",
                           "use the backbone the adapter was trained on")
     w, bias = files.head()
-    hidden = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim
     if tuple(w.shape) != (n_out, hidden) or (bias is not None and tuple(bias.shape) != (n_out,)):
-        raise _refuse(files.path, f"the classifier is {tuple(w.shape)} but this base and task need "
+        raise _refuse(files.path, f"the {files.head_name} is {tuple(w.shape)} but this base and task need "
                       f"({n_out}, {hidden})", "use the backbone the adapter was trained on")
 
 

@@ -15,13 +15,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KINDS = ("classification", "multi-label", "regression")
+KINDS = ("classification", "multi-label", "regression", "token-classification", "extractive-qa")
+SEQUENCE_KINDS = ("classification", "multi-label", "regression")
 METRICS = {
     "classification": ("accuracy", "f1_macro", "mcc"),
     "multi-label": ("f1_micro", "f1_macro"),
     "regression": ("pearson", "spearman"),
+    "token-classification": ("f1", "precision", "recall"),
+    "extractive-qa": ("f1", "exact_match"),
 }
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub", "conll", "squad")
+# Column defaults that differ by kind (a card may still name its own columns).
+_KIND_FIELDS = {"token-classification": (["tokens"], "tags"),
+                "extractive-qa": (["question", "context"], "answers")}
+_BIO = re.compile(r"^(O|[BI]-\S+)$")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -32,11 +39,13 @@ class TaskSpec:
     name: str
     """Lower-case identifier: letters, digits, `_` and `-`, starting with a letter."""
     kind: str = "classification"
-    """One of `classification`, `multi-label`, `regression`."""
+    """One of `classification`, `multi-label`, `regression`, `token-classification` (NER, BIO
+    tags) or `extractive-qa` (a start/end span in a context)."""
     labels: list[str] = field(default_factory=list)
     """Label names in output order; empty for regression."""
     text_fields: list[str] = field(default_factory=lambda: ["text"])
-    """One column (single text) or two (a text pair)."""
+    """One column (single text) or two (a text pair). Token classification: the tokens column
+    (default `tokens`); extractive QA: question and context (default `question`, `context`)."""
     label_field: str = "label"
     """Column holding the label: a name, a raw value in `label_map`, or for multi-label a list
     or a `label_separator`-joined string."""
@@ -65,11 +74,27 @@ class TaskSpec:
     learning_rate: float = 1e-3
     batch_size: int = 32
     max_length: int = 128
+    """Word pieces per input (extractive QA: per window, 384 by default)."""
+    doc_stride: int = 128
+    """Extractive QA: tokens of overlap between the windows of a long context."""
+    max_answer_length: int = 30
+    """Extractive QA: the longest answer span decoded, in word pieces."""
+    dev_articles: int = 10
+    """Extractive QA without a dev file: the number of articles (SQuAD titles) held out. The
+    split is the same every time: titles sorted, shuffled with a fixed seed, the last N held out."""
     source: str | None = None
     """The card file this spec came from, if any."""
 
     def __post_init__(self) -> None:
         problems = []
+        if self.kind in _KIND_FIELDS:
+            fields_default, label_default = _KIND_FIELDS[self.kind]
+            if self.text_fields == ["text"]:
+                self.text_fields = list(fields_default)
+            if self.label_field == "label":
+                self.label_field = label_default
+        if self.kind == "extractive-qa" and self.max_length == 128:
+            self.max_length = 384  # contexts are long: the usual SQuAD window
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             problems.append(
                 f"name {self.name!r} must be lower-case letters, digits, '_' or '-', starting "
@@ -78,9 +103,28 @@ class TaskSpec:
         if self.kind not in KINDS:
             problems.append(f"kind {self.kind!r} is not one of {list(KINDS)}")
         else:
-            if self.kind == "regression" and self.labels:
-                problems.append("a regression task has no labels; remove `labels`")
-            if self.kind != "regression" and len(self.labels) < (2 if self.kind == "classification" else 1):
+            if self.kind in ("regression", "extractive-qa") and self.labels:
+                problems.append(f"a {self.kind} task has no labels; remove `labels`")
+            if self.kind == "token-classification":
+                bad = [x for x in self.labels if not _BIO.match(str(x))]
+                if bad:
+                    problems.append(f"token-classification labels must be BIO tags ('O', 'B-TYPE', "
+                                    f"'I-TYPE'); {bad} are not")
+                if "O" not in self.labels:
+                    problems.append("token-classification labels must include 'O'")
+                if self.max_length < 16:
+                    problems.append("max_length must be at least 16 for token classification")
+            if self.kind == "extractive-qa":
+                if len(self.text_fields) != 2:
+                    problems.append(f"extractive-qa needs text_fields [question, context], got "
+                                    f"{self.text_fields!r}")
+                if not 0 < self.doc_stride < self.max_length // 2:
+                    problems.append(f"doc_stride {self.doc_stride} must be positive and under half "
+                                    f"of max_length {self.max_length}")
+                if self.max_answer_length < 1 or self.dev_articles < 1:
+                    problems.append("max_answer_length and dev_articles must be at least 1")
+            if self.kind not in ("regression", "extractive-qa") and \
+                    len(self.labels) < (2 if self.kind != "multi-label" else 1):
                 problems.append(f"a {self.kind} task needs `labels` (got {self.labels!r})")
             if len(set(self.labels)) != len(self.labels):
                 problems.append(f"labels repeat: {self.labels!r}")
@@ -110,11 +154,18 @@ class TaskSpec:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.kind == "regression" else len(self.labels)
+        if self.kind == "regression":
+            return 1
+        return 2 if self.kind == "extractive-qa" else len(self.labels)
 
     @property
     def is_pair(self) -> bool:
         return len(self.text_fields) == 2
+
+    @property
+    def is_sequence(self) -> bool:
+        """One output per input (the classification kinds), read from the first token."""
+        return self.kind in SEQUENCE_KINDS
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from . import heads
-from .backbones import DEFAULT_BACKBONE, HEAD_DENSE, HEAD_OUT, Backbone, fingerprint, target_modules
-from .data import collate, length_grouped_batches, load_splits, tokenize
+from .backbones import DEFAULT_BACKBONE, HEAD_DENSE, Backbone, fingerprint, head_module, target_modules
+from .data import collate, length_grouped_batches
 from .fsutil import atomic_directory
-from .metrics import score, tfidf_baseline
+from .kinds import Kind, kind_of
 from .plots import curves_png
 from .store import WEIGHTS, save_adapter
 from .tasks import TaskSpec, get_task
@@ -96,22 +96,28 @@ class TrainResult:
                 "adapter_bytes": self.adapter_bytes}
 
 
-def lora_config(arch: str, num_outputs: int, cfg: dict):
+def lora_config(arch: str, num_outputs: int, cfg: dict, kind: str = "classification"):
     """The peft LoraConfig for one of the two head designs (see TrainConfig.head)."""
     from peft import LoraConfig, TaskType
 
-    targets = target_modules(arch, cfg["targets"], cfg["head"])
+    targets = target_modules(arch, cfg["targets"], cfg["head"], kind)
+    out = head_module(kind)
     common = {"r": cfg["rank"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
               "target_modules": targets}
-    if cfg["head"] == "lora":
+    if cfg["head"] == "lora" and kind not in ("token-classification", "extractive-qa"):
         # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its suffix
         # match also catches DistilBERT's pre_classifier, saving a dim x dim matrix per adapter.
         # The classifier is a LoRA over a zero base instead; its rank must reach the label count.
-        rank_pattern = {HEAD_OUT: num_outputs} if num_outputs > cfg["rank"] else {}
+        rank_pattern = {out: num_outputs} if num_outputs > cfg["rank"] else {}
         return LoraConfig(**common, rank_pattern=rank_pattern,
-                          alpha_pattern={HEAD_OUT: 2 * num_outputs} if rank_pattern else {})
+                          alpha_pattern={out: 2 * num_outputs} if rank_pattern else {})
+    if kind in ("token-classification", "extractive-qa"):
+        # The output layer is small (labels x dim) and saved whole: see `target_modules`.
+        types = {"token-classification": TaskType.TOKEN_CLS, "extractive-qa": TaskType.QUESTION_ANS}
+        return LoraConfig(**common, task_type=types[kind] if cfg["head"] == "full" else None,
+                          modules_to_save=[out])
     extra = [HEAD_DENSE[arch]] if arch == "albert" else []  # DistilBERT's is caught by "classifier"
-    return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[HEAD_OUT, *extra])
+    return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[out, *extra])
 
 
 def _autocast(precision: str):
@@ -149,21 +155,29 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
-                   batch_size: int = 128) -> torch.Tensor:
-    """Raw outputs [n, n_outputs] in input order, evaluated in length-sorted batches."""
+def predict_outputs(model: torch.nn.Module, kind: Kind, ids: list[list[int]], pad_id: int,
+                    batch_size: int = 128, sep_id: int | None = None) -> list[torch.Tensor]:
+    """Raw outputs per row in input order ([n_outputs], or [tokens, n_outputs] for token-level
+    kinds, padding cut off), evaluated in length-sorted batches."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = [None] * len(ids)
+    out: list = [None] * len(ids)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         input_ids, mask = collate([ids[i] for i in idx], pad_id)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        arch = model.config.model_type
+        logits = kind.outputs(model(**heads.model_inputs(arch, input_ids, mask, sep_id)))
         for row, i in enumerate(idx):
-            out[i] = logits[row]
+            out[i] = logits[row, : len(ids[i])] if kind.per_token else logits[row]
     model.train(was_training)
-    return torch.stack(out)
+    return out
+
+
+def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
+                   batch_size: int = 128) -> torch.Tensor:
+    """Raw outputs [n, n_outputs] of a sequence-kind model, in input order."""
+    return torch.stack(predict_outputs(model, kind_of("classification"), ids, pad_id, batch_size))
 
 
 class _Checkpoint:
@@ -237,13 +251,14 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     cfg["precision"] = precision
 
     _seed_everything(config.seed)
+    kind = kind_of(spec)
     backbone = Backbone.resolve(config.backbone)
     tokenizer = backbone.tokenizer()
-    train_split, dev_split = load_splits(spec, seed=config.seed,
+    train_split, dev_split = kind.splits(spec, seed=config.seed,
                                          max_train=config.max_train_examples)
-    model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE[spec.kind])
-    base_fp = fingerprint(model)
-    lora = lora_config(backbone.arch, spec.num_outputs, cfg)
+    model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE.get(spec.kind), spec.kind)
+    base_fp = fingerprint(model) if spec.is_sequence else backbone.fingerprint()
+    lora = lora_config(backbone.arch, spec.num_outputs, cfg, spec.kind)
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(model, lora)
@@ -256,8 +271,12 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
 
     clipped = list(params.values())
     pad = tokenizer.pad_token_id or 0
-    train_ids = tokenize(tokenizer, train_split, cfg["max_length"])
-    dev_ids = tokenize(tokenizer, dev_split, cfg["max_length"])
+    sep = tokenizer.sep_token_id
+    if cfg["max_length"] != spec.max_length:
+        spec = TaskSpec(**{**spec.to_dict(), "max_length": cfg["max_length"]})
+    train_feats = kind.featurize(spec, tokenizer, train_split, training=True)
+    dev_feats = kind.featurize(spec, tokenizer, dev_split)
+    train_ids, dev_ids = train_feats.ids, dev_feats.ids
     lengths = [len(x) for x in train_ids]
     bs = cfg["batch_size"]
     steps_per_epoch = math.ceil(len(train_ids) / bs)
@@ -300,7 +319,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
 
     def evaluate() -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = score(spec.kind, dev_split.targets, predict_logits(model, dev_ids, pad))
+        metrics = kind.evaluate(spec, dev_split, dev_feats,
+                                predict_outputs(model, kind, dev_ids, pad, sep_id=sep))
         eval_cost[0] = time.perf_counter() - t0
         return metrics
 
@@ -315,8 +335,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         for batch in batches[offset:]:
             input_ids, mask = collate([train_ids[i] for i in batch], pad)
             with autocast():
-                logits = model(input_ids=input_ids, attention_mask=mask).logits
-            loss = heads.loss(spec.kind, logits.float(), train_split.targets[batch])
+                logits = kind.outputs(model(**heads.model_inputs(backbone.arch, input_ids, mask, sep)))
+            loss = kind.loss(logits.float(), kind.batch_targets(train_feats, batch, input_ids.shape[1]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(clipped, 1.0)
             optimizer.step()
@@ -363,7 +383,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         set_peft_model_state_dict(model, best_state)
     # The best state's dev metrics were computed when it was kept (evaluation is deterministic).
     final = state["best_metrics"] or evaluate()
-    baseline = tfidf_baseline(spec, train_split, dev_split) if config.baseline else {}
+    baseline = kind.baseline(spec, train_split, dev_split) if config.baseline else {}
     png = curves_png(state["losses"], state["evals"], spec.metric,
                      f"{spec.name} on {backbone.name}")
     task_meta = {
@@ -374,6 +394,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         "tfidf_baseline": baseline,
         "training": {**{k: v for k, v in cfg.items() if k not in ("progress", "overwrite")},
                      "train_examples": len(train_split), "dev_examples": len(dev_split),
+                     "train_rows": len(train_ids), "skipped_examples":
+                         len(getattr(train_split, "skipped", [])),
                      "steps": step, "best_step": state["best_step"],
                      "train_seconds": round(train_seconds, 2), "examples_seen": state["seen"],
                      "stopped_early": stopped_early},

@@ -91,8 +91,10 @@ def test_sentence_pair_task_trains_and_serves(tiny_distilbert, tmp_path):
     pair = ("the film was great", "this plot was great")
     (pred,) = model.predict("tiny_pairs", [pair])
     assert set(pred["scores"]) == {"different", "same"}
-    # the pair is encoded as a pair, not as one text
+    # the pair is encoded as a pair, in order: swapping its texts changes the output
     assert not torch.allclose(model.logits("tiny_pairs", [pair]),
-                              model.logits("tiny_pairs", [("the film was great", "")]))
+                              model.logits("tiny_pairs", [pair[::-1]]))
+    with pytest.raises(Exception, match="empty text"):
+        model.predict("tiny_pairs", [("the film was great", " ")])
     with pytest.raises(Exception, match="pair of texts"):
         model.predict("tiny_pairs", ["only one text"])
