@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backbones import Backbone, fingerprint
+from .backbones import Backbone
 from .fsutil import atomic_directory
 from .store import check_against_base, read_adapter
 
@@ -12,24 +12,24 @@ from .store import check_against_base, read_adapter
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write `adapter_dir` merged into its base as a model folder that needs no peft.
 
-    The folder loads with `AutoModelForSequenceClassification.from_pretrained(out_dir)` and
-    carries the task's label names in its config.
+    The folder loads with the task kind's auto class (`AutoModelForSequenceClassification`,
+    `...ForTokenClassification` or `...ForQuestionAnswering`) and carries the task's label names
+    in its config.
     """
     from peft import PeftModel
 
     files = read_adapter(adapter_dir)  # verified before peft reads anything
     task = files.task["task"]
     backbone = Backbone.resolve(files.task["backbone"]["name"])
-    n = 1 if task["kind"] == "regression" else len(task["labels"])
-    base = backbone.load_model(n)
-    check_against_base(files, base, fingerprint(base))
+    check_against_base(files, backbone.load_model(1), backbone.fingerprint())
+    base = backbone.load_model(files.num_outputs, kind=task["kind"])
     merged = PeftModel.from_pretrained(base, str(files.path)).merge_and_unload().eval()
-    labels = task["labels"] or ["value"]
+    labels = task["labels"] or (["start", "end"] if task["kind"] == "extractive-qa" else ["value"])
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {label: i for i, label in enumerate(labels)}
     merged.config.problem_type = {"classification": "single_label_classification",
                                   "multi-label": "multi_label_classification",
-                                  "regression": "regression"}[task["kind"]]
+                                  "regression": "regression"}.get(task["kind"])
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         merged.save_pretrained(str(tmp))
         backbone.tokenizer().save_pretrained(str(tmp))

@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and adapters")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--skip-p1", action="store_true", help="only P2/P3/memory")
+    ap.add_argument("--skip-p2", action="store_true", help="only P1")
     ap.add_argument("--resident", type=int, default=None,
                     help="largest resident count for P2/memory (default 2000 distilbert, 10000 albert)")
     args = ap.parse_args()
@@ -238,6 +239,8 @@ def main() -> None:
         for batch, length in ((32, 128), (64, 32)):
             if not args.skip_p1:
                 result["p1"] += p1(backbone, paths, batch, length, ks, reps)
+        if args.skip_p2:
+            continue
         top = args.resident or (100 if args.quick else (2000 if arch == "distilbert" else 10000))
         counts = [c for c in (1, 100, 1000, top) if c <= top]
         print(f"[{arch}] P2/P3/memory", flush=True)
@@ -254,8 +257,10 @@ def main() -> None:
         "p1_worst_ratio_min_of_n": worst("engine_ratio_min"),
         "peft_mixed_worst_ratio": worst("peft_mixed_ratio"),
         "peft_groups_worst_ratio": worst("peft_groups_ratio"),
-        "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3),
-        "p3_warm_us": round(max(v["warm_us"] for v in result["p2"].values()), 2),
+        "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3)
+        if result["p2"] else None,
+        "p3_warm_us": round(max(v["warm_us"] for v in result["p2"].values()), 2)
+        if result["p2"] else None,
         "bytes_per_resident_adapter": {a: int(v["bytes_per_adapter"]) for a, v in result["p2"].items()},
         "max_resident_adapters": {a: v["resident"] for a, v in result["p2"].items()},
         "p1": p1_rows,

@@ -11,6 +11,35 @@ from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write
 from adapters_kit import MultiTaskModel, TaskSpec, train
 
 
+def _plain_peft_seq(path, n):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n)
+    return PeftModel.from_pretrained(model, str(path)).eval(), AutoTokenizer.from_pretrained(base)
+
+
+def test_albert_token_types_are_built_as_its_tokenizer_builds_them(tiny_albert):
+    from transformers import AutoTokenizer
+
+    from adapters_kit.data import collate
+    from adapters_kit.heads import model_inputs
+
+    tok = AutoTokenizer.from_pretrained(tiny_albert)
+    rows = [("the film", "was great lovely"), ("a plot was dull", "music")]
+    enc = [tok(a, b) for a, b in rows] + [tok("just one text")]
+    ids, mask = collate([e["input_ids"] for e in enc], tok.pad_token_id)
+    got = model_inputs("albert", ids, mask, tok.sep_token_id)["token_type_ids"]
+    for i, e in enumerate(enc):
+        assert got[i, : len(e["input_ids"])].tolist() == e["token_type_ids"]
+        assert got[i, len(e["input_ids"]) :].sum() == 0  # padding
+    assert 1 in got[0].tolist()
+    assert "token_type_ids" not in model_inputs("distilbert", ids, mask, tok.sep_token_id)
+
+
 @pytest.fixture()
 def multilabel_task(tmp_path):
     rng = random.Random(0)
@@ -71,8 +100,9 @@ def test_regression_trains_and_serves_beside_classification(tiny_distilbert, reg
     assert alone.shape == torch.Size([2, 1])
 
 
-def test_sentence_pair_task_trains_and_serves(tiny_distilbert, tmp_path):
-    """A text-pair classification task, end to end: data, training, pair inputs at serving."""
+def test_sentence_pair_task_trains_and_serves(tiny_backbone, tmp_path):
+    """A text-pair classification task, end to end: data, training, pair inputs at serving,
+    and plain peft fed the tokenizer's own pair encoding (ALBERT: token types) agreeing."""
     rng = random.Random(5)
     rows = []
     for i in range(96):
@@ -84,11 +114,15 @@ def test_sentence_pair_task_trains_and_serves(tiny_distilbert, tmp_path):
     spec = TaskSpec(name="tiny_pairs", labels=["different", "same"], text_fields=["first", "second"],
                     train=str(path), dev_fraction=0.25, epochs=2, learning_rate=1e-2,
                     batch_size=16, rank=4, targets="all-linear")
-    r = train(spec, tmp_path / "pairs", quick(tiny_distilbert, baseline=True))
+    r = train(spec, tmp_path / "pairs", quick(tiny_backbone, baseline=True))
     assert {"accuracy", "f1_macro", "mcc"} <= set(r.metrics) and "mcc" in r.baseline
-    model = MultiTaskModel(tiny_distilbert)
+    model = MultiTaskModel(tiny_backbone)
     model.load(r.path)
     pair = ("the film was great", "this plot was great")
+    peft_model, tok = _plain_peft_seq(r.path, 2)
+    with torch.no_grad():
+        ref = peft_model(**tok(*pair, return_tensors="pt")).logits[0]
+    torch.testing.assert_close(model.logits("tiny_pairs", [pair])[0], ref, rtol=0, atol=1e-5)
     (pred,) = model.predict("tiny_pairs", [pair])
     assert set(pred["scores"]) == {"different", "same"}
     # the pair is encoded as a pair, in order: swapping its texts changes the output

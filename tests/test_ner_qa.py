@@ -135,6 +135,8 @@ def test_article_split_is_fixed_and_disjoint(qa_task):
     assert not set(a_train.titles) & set(a_dev.titles)
 
 
+@pytest.mark.slow
+@pytest.mark.smoke
 def test_first_word_piece_carries_the_tag():
     from adapters_kit.backbones import Backbone
 
@@ -256,9 +258,23 @@ def test_ner_and_qa_adapters_evaluate_with_their_metrics(three_kinds):
     assert set(qa) == {"f1", "exact_match"} and 0 <= qa["exact_match"] <= qa["f1"] <= 100
     saved = json.loads((paths["tiny_qa"] / "task.json").read_text())["metrics"]
     assert saved["f1"] == pytest.approx(qa["f1"], abs=1e-6)  # the engine agrees with training
+    # merged export: a plain transformers folder of the right class, no peft needed
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from adapters_kit.merge import merge_adapter
+
+    out = merge_adapter(paths["tiny_ner"], paths["tiny_ner"].parent / "merged")
+    merged = AutoModelForTokenClassification.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    text = "a lovely film story was dull"
+    with torch.no_grad():
+        ref = merged(**tok(text, return_tensors="pt")).logits[0]
+    engine = MultiTaskModel(backbone)
+    engine.load(paths["tiny_ner"])
+    torch.testing.assert_close(engine.logits_mixed([("tiny_ner", text)])[0], ref, rtol=0, atol=1e-4)
+    assert merged.config.id2label[1] == "B-ITEM"
 
 
-@pytest.mark.slow
 def test_conll_and_squad_cards_read_the_shared_data():
     from conftest import needs_shared
 
@@ -274,3 +290,16 @@ def test_conll_and_squad_cards_read_the_shared_data():
         warnings.simplefilter("ignore", DataWarning)
         q_train, q_dev = kind_of(squad).splits(squad)
     assert len(set(q_train.titles)) == 38 and len(set(q_dev.titles)) == 10
+
+
+@pytest.mark.slow
+def test_embedded_backbone_learns_conll_entities(tmp_path):
+    """A short real run: 1,500 CoNLL sentences, one epoch, scored on the validation set."""
+    from conftest import needs_shared
+
+    from adapters_kit import TrainConfig, get_task
+
+    needs_shared("conll2003", "train.txt")
+    r = train(get_task("conll2003"), tmp_path / "ner", TrainConfig(
+        max_train_examples=1500, epochs=1, progress=False, baseline=False))
+    assert r.metrics["f1"] > 0.5, r.metrics
