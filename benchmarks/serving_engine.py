@@ -8,7 +8,10 @@ small head, random non-zero weights (timing does not depend on training).
 
 Measured, each as a ratio against a baseline timed in the same run (interleaved, median):
   P1  engine time / merged-model time for one batch, K distinct adapters in the batch;
-      also peft's `adapter_names=` mixed batch and peft `set_adapter` per group;
+      also peft's `adapter_names=` mixed batch and peft `set_adapter` per group. Shown three
+      ways: ratio of medians (`p1_worst_ratio`), ratio of minima, and the median of per-
+      repetition ratios (`p1_worst_ratio_paired`: each pair ran back to back, so slow drifts
+      of this shared machine cancel);
   P2  cold swap: adapter directory on disk -> servable, with 1, 100 and 1000 resident;
   P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter;
   memory: bytes per resident adapter, and how many fit.
@@ -79,8 +82,9 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
     return paths
 
 
-def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(median, min) seconds per function, the functions taking turns so drift hits all alike."""
+def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float], dict]:
+    """(median, min, samples) seconds per function, the functions taking turns so drift hits
+    all alike."""
     for fn in fns.values():
         fn()
     samples = {k: [] for k in fns}
@@ -90,7 +94,13 @@ def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float
             fn()
             samples[k].append(time.perf_counter() - t)
     return ({k: statistics.median(v) for k, v in samples.items()},
-            {k: min(v) for k, v in samples.items()})
+            {k: min(v) for k, v in samples.items()}, samples)
+
+
+def paired_ratio(samples: dict, name: str, base: str = "merged") -> float:
+    """Median over repetitions of (name's time / the baseline's time in the same repetition):
+    the two ran back to back, so the machine's slow drifts cancel within each pair."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
 
 
 def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[int],
@@ -134,12 +144,15 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                     peft_model.set_adapter(name)
                     peft_model(input_ids=ids[idx], attention_mask=mask[idx])
 
-        t, best = interleaved({"merged": run_merged, "engine": run_engine, "peft_mixed": run_peft_mixed,
-                         "peft_groups": run_peft_groups}, reps)
+        t, best, samples = interleaved({"merged": run_merged, "engine": run_engine,
+                                        "peft_mixed": run_peft_mixed,
+                                        "peft_groups": run_peft_groups}, reps)
         row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
                "k_in_batch": len(groups),
                "merged_ms": round(t["merged"] * 1e3, 2),
                "engine_ratio": round(t["engine"] / t["merged"], 4),
+               "engine_ratio_paired": round(paired_ratio(samples, "engine"), 4),
+               "peft_mixed_ratio_paired": round(paired_ratio(samples, "peft_mixed"), 4),
                "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
                "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4),
                "engine_ratio_min": round(best["engine"] / best["merged"], 4),
@@ -148,7 +161,8 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
               f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} | peft mixed "
               f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f} "
               f"(min-of-{reps}: engine x{row['engine_ratio_min']:.3f}, peft mixed "
-              f"x{row['peft_mixed_ratio_min']:.3f})",
+              f"x{row['peft_mixed_ratio_min']:.3f}; paired median: engine "
+              f"x{row['engine_ratio_paired']:.3f}, peft mixed x{row['peft_mixed_ratio_paired']:.3f})",
               flush=True)
         rows.append(row)
     gc.collect()
@@ -246,6 +260,7 @@ def main() -> None:
         print(f"[{arch}] P2/P3/memory", flush=True)
         result["p2"][arch] = p2_p3_memory(backbone, paths, sorted(set(counts)))
     p1_rows = result["p1"] or [{"engine_ratio": None, "engine_ratio_min": None,
+                                "engine_ratio_paired": None,
                                 "peft_mixed_ratio": None, "peft_groups_ratio": None}]
 
     def worst(key):
@@ -255,6 +270,7 @@ def main() -> None:
     emit({
         "p1_worst_ratio": worst("engine_ratio"),
         "p1_worst_ratio_min_of_n": worst("engine_ratio_min"),
+        "p1_worst_ratio_paired": worst("engine_ratio_paired"),
         "peft_mixed_worst_ratio": worst("peft_mixed_ratio"),
         "peft_groups_worst_ratio": worst("peft_groups_ratio"),
         "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3)

@@ -12,10 +12,13 @@ start and an end score per word piece, over one or more windows of a long contex
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..errors import DataError
 
 
 @dataclass
@@ -46,11 +49,23 @@ class Kind:
     per_token: bool = False
     """True when outputs are per word piece ([T, n]) rather than per input ([n])."""
 
+    def read(self, spec, location: str):
+        """One file (or hub split) of this kind's data, checked."""
+        raise NotImplementedError
+
     def splits(self, spec, seed: int = 0, max_train: int | None = None):
+        """(train, dev): the dev file, or a held-out part of train."""
         raise NotImplementedError
 
     def eval_split(self, spec, location: str | None = None, split: str = "dev", seed: int = 0):
-        raise NotImplementedError
+        """One evaluation split: a given file, the task's test file, or its dev split."""
+        if location:
+            return self.read(spec, location)
+        if split == "test":
+            if not spec.test:
+                raise DataError(f"task {spec.name!r} has no test data; pass --data PATH")
+            return self.read(spec, spec.test)
+        return self.splits(spec, seed=seed)[1]
 
     def featurize(self, spec, tokenizer, split, training: bool = False) -> Features:
         raise NotImplementedError
@@ -75,6 +90,20 @@ class Kind:
 
     def decode(self, spec, rows: list[Row], outputs: list[torch.Tensor], item) -> dict:
         raise NotImplementedError
+
+
+def require_train(spec) -> str:
+    if not spec.train:
+        raise DataError(f"task {spec.name!r} names no training data; set data.train in its card "
+                        "or pass --data PATH")
+    return spec.train
+
+
+def seeded_order(n: int, seed: int) -> list[int]:
+    """0..n-1 shuffled with `seed`: held-out and subset selections use it."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def kind_of(spec_or_kind) -> Kind:

@@ -18,6 +18,9 @@ class SequenceKind(Kind):
     def splits(self, spec, seed=0, max_train=None):
         return load_splits(spec, seed=seed, max_train=max_train)
 
+    def read(self, spec, location):
+        return load_eval_split(spec, location)
+
     def eval_split(self, spec, location=None, split="dev", seed=0):
         return load_eval_split(spec, location, split, seed)
 

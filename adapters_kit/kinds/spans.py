@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..data import read_table
 from ..errors import DataError, DataWarning
-from . import Features, Kind, Row
+from . import Features, Kind, Row, require_train, seeded_order
 from .squad_eval import squad_scores
 
 SPLIT_SEED = 0  # the article split is a property of the task, not of a training run
@@ -164,11 +164,11 @@ class SpanKind(Kind):
     name = "extractive-qa"
     per_token = True
 
+    def read(self, spec, location):
+        return read_qa_split(spec, location)
+
     def splits(self, spec, seed=0, max_train=None):
-        if not spec.train:
-            raise DataError(f"task {spec.name!r} names no training data; set data.train in its "
-                            "card or pass --data PATH")
-        data = read_qa_split(spec, spec.train)
+        data = read_qa_split(spec, require_train(spec))
         if spec.dev:
             train, dev = data, read_qa_split(spec, spec.dev)
         else:
@@ -181,19 +181,8 @@ class SpanKind(Kind):
             train = data.select([i for i, t in enumerate(data.titles) if t not in held])
             dev = data.select([i for i, t in enumerate(data.titles) if t in held])
         if max_train is not None and len(train) > max_train:
-            order = list(range(len(train)))
-            random.Random(seed).shuffle(order)
-            train = train.select(sorted(order[:max_train]))
+            train = train.select(sorted(seeded_order(len(train), seed)[:max_train]))
         return train, dev
-
-    def eval_split(self, spec, location=None, split="dev", seed=0):
-        if location:
-            return read_qa_split(spec, location)
-        if split == "test":
-            if not spec.test:
-                raise DataError(f"task {spec.name!r} has no test data; pass --data PATH")
-            return read_qa_split(spec, spec.test)
-        return self.splits(spec, seed=seed)[1]
 
     def _windows(self, spec, tokenizer, questions: list[str], contexts: list[str]):
         enc = tokenizer(questions, contexts, truncation="only_second", max_length=spec.max_length,

@@ -11,7 +11,6 @@ it in its default (conlleval) mode.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import check_encoding, read_table
 from ..errors import DataError
-from . import Features, Kind, Row
+from . import Features, Kind, Row, require_train, seeded_order
 
 IGNORE = -100
 
@@ -153,32 +152,20 @@ class TokenKind(Kind):
     name = "token-classification"
     per_token = True
 
+    def read(self, spec, location):
+        return read_token_split(spec, location)
+
     def splits(self, spec, seed=0, max_train=None):
-        if not spec.train:
-            raise DataError(f"task {spec.name!r} names no training data; set data.train in its "
-                            "card or pass --data PATH")
-        train = read_token_split(spec, spec.train)
+        train = read_token_split(spec, require_train(spec))
         if spec.dev:
             dev = read_token_split(spec, spec.dev)
         else:
-            order = list(range(len(train)))
-            random.Random(seed).shuffle(order)
+            order = seeded_order(len(train), seed)
             n_dev = max(1, int(len(order) * spec.dev_fraction))
             train, dev = train.select(order[n_dev:]), train.select(order[:n_dev])
         if max_train is not None and len(train) > max_train:
-            order = list(range(len(train)))
-            random.Random(seed).shuffle(order)
-            train = train.select(order[:max_train])
+            train = train.select(seeded_order(len(train), seed)[:max_train])
         return train, dev
-
-    def eval_split(self, spec, location=None, split="dev", seed=0):
-        if location:
-            return read_token_split(spec, location)
-        if split == "test":
-            if not spec.test:
-                raise DataError(f"task {spec.name!r} has no test data; pass --data PATH")
-            return read_token_split(spec, spec.test)
-        return self.splits(spec, seed=seed)[1]
 
     def featurize(self, spec, tokenizer, split, training=False):
         index = {t: i for i, t in enumerate(spec.labels)}
