@@ -23,6 +23,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--max-train", type=int, default=None, help="train on a seeded subset")
     ap.add_argument("--max-seconds", type=float, default=None, help="training time budget")
     ap.add_argument("--evals-per-epoch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="where the adapter goes (default: a temp folder)")
     return ap
@@ -36,6 +37,7 @@ def run(task: str, args: argparse.Namespace, eval_split: str) -> dict:
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          max_train_examples=args.max_train, max_seconds=args.max_seconds,
                          evals_per_epoch=args.evals_per_epoch, seed=args.seed, overwrite=True,
+                         threads=args.threads,
                          resume=False)
     started = time.perf_counter()
     result = train(spec, out, config)
@@ -54,4 +56,5 @@ def run(task: str, args: argparse.Namespace, eval_split: str) -> dict:
                 result.examples_seen / max(1, training["train_rows"]), 2),
             "targets": training["targets"], "rank": training["rank"],
             "learning_rate": training["learning_rate"], "precision": training["precision"],
+            "threads": args.threads, "stopped_early": training["stopped_early"],
             "adapter": str(result.path)}
