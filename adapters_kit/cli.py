@@ -147,9 +147,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"adapters-kit: error: the server needs its extra ({e.name} is missing): "
               'pip install "adapters-kit[serve]"', file=sys.stderr)
         return 2
+    limits = {k: getattr(args, k) for k in _SERVE_LIMITS if getattr(args, k) is not None}
     serve(ServeConfig(store=Path(args.store), backbone=args.backbone, keys=args.keys,
-                      host=args.host, port=args.port))
+                      host=args.host, port=args.port, **limits))
     return 0
+
+
+# ServeConfig fields the command line may set (defaults and meaning: ServeConfig, README)
+_SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int, "queue_inputs": int,
+                 "batch_tokens": int, "max_wait_ms": float, "deadline_s": float}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it the server binds loopback only")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    for field, kind in _SERVE_LIMITS.items():
+        p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
+                       help="see the README, section HTTP server, for the default")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
