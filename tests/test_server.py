@@ -462,6 +462,7 @@ def test_every_limit_answers_413_or_422_with_a_message(store, tiny_distilbert):
                                     ("tiny_topic", ["a", "b"], "one text"),
                                     ("tiny_qa", "just text", "question"),
                                     ("tiny_sentiment", "   ", "empty"),
+                                    ("tiny_qa", ["which film", "\x00\x00"], "no readable text"),
                                     ("tiny_topic", {"question": "a", "context": "b"}, "object")):
                 r = post({"task": task, "inputs": ["the music" if task == "tiny_topic" else item,
                                                    item]})
@@ -547,7 +548,8 @@ def test_replace_unload_load_and_a_failed_replace_leaves_the_old_adapter(store, 
                             (adapters["bad_truncated"], "safetensors"),
                             (adapters["bad_foreign"], "trained on base"),
                             (store / "missing", "does not exist"),
-                            (Path("relative/dir"), "absolute")):
+                            (Path("relative/dir"), "absolute"),
+                            ("/tmp/\x00nul", "NUL")):
             r = c.put("/v1/admin/adapters/tiny_sentiment", json={"source": str(source)})
             assert r.status_code == 422 and r.json()["error"]["code"] == "adapter_refused", r.text
             assert why in r.json()["error"]["message"]

@@ -33,6 +33,9 @@ def install(cache: AdapterCache, name: str, source: str | Path) -> str:
     changes if the source is not a complete adapter for this base.
     """
     model, store = cache.model, cache.store
+    if "\x00" in str(source):
+        raise AdapterFileError("source holds a NUL character; send the path of an adapter "
+                               "directory on the server")
     source = Path(source)
     if not source.is_absolute():
         raise AdapterFileError(f"source {str(source)!r} is not an absolute path; send the full "

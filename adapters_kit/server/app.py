@@ -24,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..cache import AdapterCache
-from ..errors import AdapterFileError
 from ..runtime import MultiTaskModel
 from ..store import AdapterStore
 from . import admin
@@ -179,10 +178,11 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
     @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS,
              summary="The tasks this API key may use")
     async def tasks(tenant: Caller):
-        names = [n for n in await run_in_threadpool(srv.store.names)
-                 if tenant.may_use(n) and srv.servable(n)]
-        infos = [i for i in map(srv.task_info, names) if i is not None]
-        return TaskList(tasks=infos)
+        def listing() -> list[TaskInfo]:  # file reads: off the event loop
+            names = [n for n in srv.store.names() if tenant.may_use(n) and srv.servable(n)]
+            return [i for i in map(srv.task_info, names) if i is not None]
+
+        return TaskList(tasks=await run_in_threadpool(listing))
 
     # -- admin ----------------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
         async with srv.admin_lock:
             try:
                 await run_in_threadpool(admin.install, srv.cache, name, body.source)
-            except (AdapterFileError, OSError) as e:
+            except (ValueError, OSError) as e:  # AdapterFileError is a ValueError
                 # the store and the resident version are as they were
                 raise ServeError(422, "adapter_refused", str(e)) from None
             srv.disabled.discard(name)
