@@ -148,6 +148,9 @@ class Batcher:
     # -- the engine thread ----------------------------------------------------------------------
 
     def _work(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.config.torch_threads)  # see ServeConfig.torch_threads
         while True:
             batch = self._gather()
             if batch is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -56,6 +57,10 @@ class ServeConfig:
     """Seconds sent in Retry-After with a 429."""
     cache_bytes: int = 512 << 20
     """Budget of resident adapter files; least recently used adapters are unloaded beyond it."""
+    torch_threads: int = 0
+    """Intra-op threads of the engine thread; 0: all cores but one, which is left to the HTTP
+    side. More threads than free cores is much slower than fewer: torch's worker threads
+    spin while they wait, and under oversubscription the spinning takes the CPU."""
     capacity: int = 16
     """Initial adapter slots in the engine (it grows as needed)."""
     shutdown_grace_s: float = 30.0
@@ -66,6 +71,8 @@ class ServeConfig:
         if self.keys is not None:
             self.keys = Path(self.keys)
         problems = []
+        if self.torch_threads == 0:
+            self.torch_threads = max(1, (os.cpu_count() or 2) - 1)
         if not self.store.is_dir():
             problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
                             "adapter directories (adapters-kit train ... --out DIR/TASK)")
