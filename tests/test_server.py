@@ -345,6 +345,40 @@ def test_metrics_openapi_health_and_readiness(store, tiny_distilbert):
         set(spec["paths"])
 
 
+def test_generated_requests_from_the_openapi_spec_never_get_a_5xx(store, tiny_distilbert):
+    """schemathesis cases (valid and invalid) for every operation; half the predict cases name
+    a real task, so that generated inputs reach the engine."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    with running(store, tiny_distilbert) as (url, _):
+        schema = schemathesis.openapi.from_url(url + "/openapi.json")
+        seen, server_errors = [], []
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+                @settings(max_examples=15, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=list(HealthCheck))
+                @given(case=operation.as_strategy(generation_mode=mode))
+                def run(case) -> None:
+                    if case.operation.path == "/v1/predict" and isinstance(case.body, dict) \
+                            and "task" in case.body and len(seen) % 2 == 0:
+                        case.body["task"] = GOOD[len(seen) % len(GOOD)]
+                    response = case.call(base_url=url, timeout=60)
+                    seen.append(response.status_code)
+                    if response.status_code >= 500:
+                        server_errors.append(f"{case.method} {case.formatted_path} {case.body!r:.200}"
+                                             f" -> {response.status_code} {response.text[:200]}")
+
+                with contextlib.suppress(Unsatisfiable):  # an operation without inputs has
+                    run()                                # no invalid cases
+        assert httpx.get(url + "/readyz").status_code == 200
+    assert len(seen) > 50
+    assert 200 in seen and 422 in seen and 404 in seen
+    assert server_errors == []
+
+
 # -- tenants ------------------------------------------------------------------------------------
 
 @pytest.fixture()
