@@ -173,9 +173,11 @@ class MultiTaskModel:
                 dense = heads.dense_module(self.arch, self.model)
                 shared = heads.dense_activation(self.arch, dense(cls))
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
-        groups: dict[str, list[int]] = {}
+        # grouped by resident version, not by name: a batch may hold rows leased before and
+        # after a replace of the same task, and each must get its own version's head
+        groups: dict[int, list[int]] = {}
         for row, t in enumerate(tasks):
-            groups.setdefault(t.name, []).append(row)
+            groups.setdefault(id(t), []).append(row)
         for rows in groups.values():  # heads are small: one matmul per task in the batch
             t = tasks[rows[0]]
             if t.spec.is_sequence:

@@ -619,6 +619,30 @@ def test_replace_unload_load_and_a_failed_replace_leaves_the_old_adapter(store, 
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_name"
 
 
+def test_one_batch_holding_two_versions_of_a_task_answers_each_with_its_own(adapters,
+                                                                           tiny_distilbert):
+    """Rows leased before and after a replace can share a batch (the server's batcher leases
+    per request): each row must get its own version's adapter and head."""
+    import torch
+
+    model = MultiTaskModel(tiny_distilbert)
+    model.load(adapters["tiny_sentiment"], name="tiny_sentiment")
+    v1 = model.acquire("tiny_sentiment")
+    model.replace("tiny_sentiment", adapters["tiny_sentiment_v2"])
+    v2 = model.acquire("tiny_sentiment")
+    try:
+        assert v1 is not v2 and v1.retired
+        ids = model._encode(v2, "the film was great lovely")[0].ids
+        alone = [model._forward([ids], [t])[0] for t in (v1, v2)]
+        mixed = model._forward([ids, ids], [v1, v2])
+        assert not torch.allclose(alone[0], alone[1], atol=1e-4)  # the versions differ
+        for got, want in zip(mixed, alone):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    finally:
+        model.release(v1)
+        model.release(v2)
+
+
 def _matches(got: list[dict], want: list[dict]) -> bool:
     try:
         assert_same_outputs(got, want)
