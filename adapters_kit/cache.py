@@ -6,6 +6,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .errors import AdapterFileError
 from .runtime import MultiTaskModel, TextInput
 from .store import AdapterStore
 
@@ -38,7 +39,18 @@ class AdapterCache:
 
     def ensure(self, tasks: list[str]) -> None:
         """Make `tasks` resident, evicting others if the budget needs it."""
+        errors = self.ensure_available(tasks)
+        if errors:
+            raise next(iter(errors.values()))
+
+    def ensure_available(self, tasks: list[str]) -> dict[str, Exception]:
+        """Make as many of `tasks` resident as can be; return the error of each that cannot be.
+
+        A task whose adapter is refused (corrupt, foreign, missing) does not stop the others:
+        a server batch holding it still serves every other task.
+        """
         wanted = list(dict.fromkeys(tasks))
+        errors: dict[str, Exception] = {}
         with self._lock:
             for name in wanted:
                 if name in self._lru and name in self.model.tasks:
@@ -46,14 +58,47 @@ class AdapterCache:
                     self._lru.move_to_end(name)
                     continue
                 self.stats.misses += 1
-                files = self.store.read(name)
-                self.model.load(files, name=name)
+                try:
+                    files = self.store.read(name)
+                    self.model.load(files, name=name)
+                except (AdapterFileError, KeyError, OSError) as e:
+                    errors[name] = e
+                    continue
                 self.stats.loads += 1
                 self._lru[name] = files.nbytes
                 self._lru.move_to_end(name)
             self._evict(keep=set(wanted))
-            self.stats.resident = len(self._lru)
-            self.stats.resident_bytes = sum(self._lru.values())
+            self._update_stats()
+        return errors
+
+    def reload(self, name: str) -> bool:
+        """Swap a resident task to the store's current files; False if it was not resident.
+
+        The files are verified before the swap: if they are refused, the old version keeps
+        serving and the error is raised.
+        """
+        with self._lock:
+            if name not in self._lru or name not in self.model.tasks:
+                return False
+            files = self.store.read(name)
+            self.model.replace(name, files)
+            self._lru[name] = files.nbytes
+            self._update_stats()
+            return True
+
+    def drop(self, name: str) -> bool:
+        """Unload a task now (requests already running on it finish); False if not resident."""
+        with self._lock:
+            self._lru.pop(name, None)
+            resident = name in self.model.tasks
+            if resident:
+                self.model.unload(name)
+            self._update_stats()
+            return resident
+
+    def _update_stats(self) -> None:
+        self.stats.resident = len(self._lru)
+        self.stats.resident_bytes = sum(self._lru.values())
 
     def _evict(self, keep: set[str]) -> None:
         total = sum(self._lru.values())

@@ -139,6 +139,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServeConfig
+        from .server.app import serve
+    except ImportError as e:
+        print(f"adapters-kit: error: the server needs its extra ({e.name} is missing): "
+              'pip install "adapters-kit[serve]"', file=sys.stderr)
+        return 2
+    limits = {k: getattr(args, k) for k in _SERVE_LIMITS if getattr(args, k) is not None}
+    serve(ServeConfig(store=Path(args.store), backbone=args.backbone, keys=args.keys,
+                      host=args.host, port=args.port, **limits))
+    return 0
+
+
+# ServeConfig fields the command line may set (defaults and meaning: ServeConfig, README)
+_SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int, "queue_inputs": int,
+                 "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
+                 "torch_threads": int}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="adapters-kit", description=(
         "Train small LoRA task adapters for DistilBERT or ALBERT and serve many on one base."))
@@ -196,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("serve", help="serve every adapter in a store over HTTP (see README)")
+    p.add_argument("--store", required=True, help="folder of adapter directories, one per task")
+    p.add_argument("--backbone", default="embedded-distilbert",
+                   help="the base the adapters were trained on (default embedded-distilbert)")
+    p.add_argument("--keys", help="TOML keys file: tenants, their keys and tasks, the admin key; "
+                   "without it the server binds loopback only")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    for field, kind in _SERVE_LIMITS.items():
+        p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
+                       help="see the README, section HTTP server, for the default")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
     p.add_argument("--out", default="adapters-demo", help="where the demo writes its adapters")

@@ -173,9 +173,11 @@ class MultiTaskModel:
                 dense = heads.dense_module(self.arch, self.model)
                 shared = heads.dense_activation(self.arch, dense(cls))
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
-        groups: dict[str, list[int]] = {}
+        # grouped by resident version, not by name: a batch may hold rows leased before and
+        # after a replace of the same task, and each must get its own version's head
+        groups: dict[int, list[int]] = {}
         for row, t in enumerate(tasks):
-            groups.setdefault(t.name, []).append(row)
+            groups.setdefault(id(t), []).append(row)
         for rows in groups.values():  # heads are small: one matmul per task in the batch
             t = tasks[rows[0]]
             if t.spec.is_sequence:
@@ -202,12 +204,29 @@ class MultiTaskModel:
         """
         return [outs[0] if len(outs) == 1 else outs for _, _, outs in self._run(requests, batch_size)]
 
+    def acquire(self, name: str) -> ResidentTask:
+        """Lease a resident task's current version: its slot stays valid until `release`.
+
+        A replace or unload meanwhile retires the version; its slot is freed on the last release.
+        """
+        with self._lock:
+            task = self._task(name)
+            task.users += 1
+            return task
+
+    def release(self, task: ResidentTask) -> None:
+        """End one lease taken by `acquire`."""
+        with self._lock:
+            task.users -= 1
+            if task.retired and task.users == 0:
+                self._retire(task)
+
     def _run(self, requests: list[tuple[str, TextInput]], batch_size: int = 64
              ) -> list[tuple[ResidentTask, list[Row], list[torch.Tensor]]]:
         """(task version used, model inputs, raw output per input) per request, in order."""
         with self._lock:  # lease every task this call uses: each row sees one adapter version
             resolved = [(self._task(name), item) for name, item in requests]
-            leased = {id(t): t for t, _ in resolved}.values()
+            leased = list({id(t): t for t, _ in resolved}.values())
             for t in leased:
                 t.users += 1
         try:
@@ -223,17 +242,12 @@ class MultiTaskModel:
                     outs[r][j] = row
             return [(t, rows, o) for (t, rows), o in zip(encoded, outs)]
         finally:
-            with self._lock:
-                for t in leased:
-                    t.users -= 1
-                    if t.retired and t.users == 0:
-                        self._retire(t)
+            for t in leased:
+                self.release(t)
 
     def run_ids(self, name: str, ids: list[list[int]], batch_size: int = 64) -> list[torch.Tensor]:
         """Raw outputs for already tokenised rows of one task (evaluation), in order."""
-        with self._lock:
-            task = self._task(name)
-            task.users += 1
+        task = self.acquire(name)
         try:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             out: list = [None] * len(ids)
@@ -243,10 +257,7 @@ class MultiTaskModel:
                     out[i] = row
             return out
         finally:
-            with self._lock:
-                task.users -= 1
-                if task.retired and task.users == 0:
-                    self._retire(task)
+            self.release(task)
 
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)

@@ -253,8 +253,13 @@ class SpanKind(Kind):
         if len(tokenizer(question)["input_ids"]) > spec.max_length // 2:
             raise DataError(f"the question is longer than half of max_length {spec.max_length} "
                             "word pieces; shorten it")
-        return [Row(ids, {"offsets": offsets, "context": context})
+        rows = [Row(ids, {"offsets": offsets, "context": context})
                 for ids, offsets, _ in self._windows(spec, tokenizer, [question], [context])]
+        if not any(o is not None for r in rows for o in r.meta["offsets"]):
+            # e.g. only control characters, which the tokenizer drops: no span could be answered
+            raise DataError(f"task {spec.name!r} got a context with no readable text "
+                            f"({context[:40]!r}); send the text to find the answer in")
+        return rows
 
     def decode(self, spec, rows, outputs, item):
         best = best_span(outputs, [r.meta for r in rows], spec.max_answer_length)

@@ -1,0 +1,21 @@
+"""The HTTP server: one base model, many tenants' task adapters, batched across tasks.
+
+    adapters-kit serve --store DIR --backbone NAME [--keys keys.toml]
+
+Modules: `config` (ServeConfig), `app` (routes, `create_app`, `serve`), `batcher` (the queue
+and the engine thread), `tenants` (keys file), `limits` (sizes), `admin` (install, replace),
+`metrics` (Prometheus), `models` (request and response schemas), `errors`.
+Needs the `serve` extra: pip install "adapters-kit[serve]".
+"""
+
+from .config import ServeConfig
+
+__all__ = ["ServeConfig", "create_app", "serve"]
+
+
+def __getattr__(name: str):
+    if name in ("create_app", "serve"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(name)

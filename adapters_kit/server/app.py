@@ -1,0 +1,320 @@
+"""The HTTP app: routes, authentication, error bodies, metrics; `serve` runs it on uvicorn.
+
+    adapters-kit serve --store DIR --backbone NAME [--keys keys.toml] [--host H] [--port P]
+
+Every error is JSON `{"error": {"code", "message"}}`; the message says what to fix.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run time,
+# and the Annotated dependency aliases below are local to `create_app`.
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..cache import AdapterCache
+from ..runtime import MultiTaskModel
+from ..store import AdapterStore
+from . import admin
+from .batcher import Batcher
+from .config import ServeConfig
+from .errors import ServeError, deadline_exceeded, unknown_task
+from .limits import BodyLimit, check_inputs
+from .metrics import ServerMetrics
+from .models import (
+    AdapterList,
+    AdapterState,
+    ErrorBody,
+    Health,
+    PredictRequest,
+    PredictResponse,
+    ReplaceRequest,
+    TaskInfo,
+    TaskList,
+)
+from .tenants import Tenant, Tenants
+
+log = logging.getLogger("adapters_kit.server")
+
+_INPUT_FORM = {"token-classification": "a text, or a list of words",
+               "extractive-qa": '{"question": ..., "context": ...} or [question, context]'}
+_ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404, 413, 422, 429, 503, 504)}
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+class Server:
+    """What the routes share: the engine, its cache and batcher, tenants, metrics, state."""
+
+    def __init__(self, config: ServeConfig, model: MultiTaskModel | None = None) -> None:
+        self.config = config
+        self.tenants = Tenants.load(config.keys)
+        self.store = AdapterStore(config.store)
+        self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity)
+        self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
+        self.metrics = ServerMetrics(self.cache)
+        self.batcher = Batcher(self.cache, config, self.metrics)
+        self.disabled: set[str] = set()  # unloaded by an admin: not served until loaded again
+        self.admin_lock = asyncio.Lock()
+        self.ready = False
+
+    def servable(self, name: str) -> bool:
+        return (admin.valid_name(name) and name not in self.disabled
+                and (self.store.path(name) / "task.json").is_file())
+
+    def task_info(self, name: str) -> TaskInfo | None:
+        try:
+            task = self.store.info(name)["task"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable metadata: requests for it get the load error
+        kind = task.get("kind", "classification")
+        pair = len(task.get("text_fields", ["text"])) == 2
+        form = _INPUT_FORM.get(kind, "[text_a, text_b]" if pair else "a text")
+        return TaskInfo(name=name, kind=kind, labels=list(task.get("labels", [])), input=form)
+
+
+def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> FastAPI:
+    """The FastAPI app for `config` (the engine is built here unless `model` is given)."""
+    srv = Server(config, model)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        srv.store.names()  # puts back what a writer killed mid-replace left aside
+        srv.batcher.start()
+        srv.ready = True
+        try:
+            yield
+        finally:
+            srv.ready = False
+            # uvicorn has already waited for in-flight requests; run anything still queued
+            await run_in_threadpool(srv.batcher.stop, config.shutdown_grace_s)
+
+    app = FastAPI(title="adapters-kit", version="1", lifespan=lifespan, summary=(
+        "Many LoRA task adapters on one base model: predictions batched across tasks."))
+    app.state.server = srv
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError):
+        return _json(e.status, e.body(), e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        problems = []
+        for err in e.errors()[:5]:  # never echo the input back: it may be large
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _json(422, {"error": {"code": "invalid_request", "message": "; ".join(problems)
+                                     + " (see the request schema at /docs)"}})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _json(e.status_code, {"error": {"code": code, "message": str(e.detail)}},
+                     getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _json(500, {"error": {"code": "internal", "message": "internal error; it is in "
+                                     "the server log"}})
+
+    # -- callers --------------------------------------------------------------------------------
+
+    def caller(request: Request) -> Tenant:
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+        tenant = srv.tenants.identify(key)
+        if tenant is None:
+            raise ServeError(401, "unauthorized", "missing or unknown API key; send "
+                             "'Authorization: Bearer KEY' with a key from the keys file",
+                             headers={"WWW-Authenticate": "Bearer"})
+        return tenant
+
+    Caller = Annotated[Tenant, Depends(caller)]
+
+    def admin_caller(tenant: Caller) -> Tenant:
+        if not tenant.admin:
+            raise ServeError(403, "forbidden", "admin routes need the admin key")
+        return tenant
+
+    Admin = Annotated[Tenant, Depends(admin_caller)]
+
+    # -- predictions ----------------------------------------------------------------------------
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS,
+              summary="Predict with one task's adapter; batched with other callers' requests")
+    async def predict(body: PredictRequest, tenant: Caller):
+        arrived = time.monotonic()
+        if not (tenant.may_use(body.task) and srv.servable(body.task)):
+            raise unknown_task()
+        inputs = [x.model_dump() if hasattr(x, "model_dump") else x for x in body.inputs]
+        check_inputs(inputs, config)
+        deadline = arrived + config.deadline_s
+        future = srv.batcher.submit(body.task, inputs, deadline)
+        try:
+            task, outputs = await asyncio.wait_for(future, deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise deadline_exceeded(config.deadline_s) from None
+        return _json(200, {"task": body.task, "kind": task.spec.kind, "outputs": outputs})
+
+    @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS,
+             summary="The tasks this API key may use")
+    async def tasks(tenant: Caller):
+        def listing() -> list[TaskInfo]:  # file reads: off the event loop
+            names = [n for n in srv.store.names() if tenant.may_use(n) and srv.servable(n)]
+            return [i for i in map(srv.task_info, names) if i is not None]
+
+        return TaskList(tasks=await run_in_threadpool(listing))
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def adapter_state(name: str) -> AdapterState:
+        resident = srv.model.tasks.get(name)
+        info = srv.task_info(name)
+        return AdapterState(name=name, kind=info.kind if info else None,
+                            enabled=name not in srv.disabled, resident=resident is not None,
+                            digest=resident.digest if resident else None)
+
+    def in_store(name: str) -> None:
+        if not (admin.valid_name(name) and (srv.store.path(name) / "task.json").is_file()):
+            raise ServeError(404, "unknown_adapter", f"no adapter {name!r} in the store; "
+                             "GET /v1/admin/adapters lists them")
+
+    @app.get("/v1/admin/adapters", response_model=AdapterList, responses=_ERRORS,
+             summary="Every adapter in the store, with its state", tags=["admin"])
+    async def adapters(_: Admin):
+        names = await run_in_threadpool(srv.store.names)
+        return AdapterList(adapters=[adapter_state(n) for n in names])
+
+    @app.post("/v1/admin/adapters/{name}/load", response_model=AdapterState, responses=_ERRORS,
+              summary="Load (and enable) a store adapter now", tags=["admin"])
+    async def load(name: str, _: Admin):
+        in_store(name)
+        async with srv.admin_lock:
+            errors = await run_in_threadpool(srv.cache.ensure_available, [name])
+            if name in errors:
+                raise ServeError(422, "adapter_refused", str(errors[name]))
+            srv.disabled.discard(name)
+        return adapter_state(name)
+
+    @app.put("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
+             summary="Install or replace an adapter from a directory on the server",
+             tags=["admin"])
+    async def replace(name: str, body: ReplaceRequest, _: Admin):
+        if not admin.valid_name(name):
+            raise ServeError(422, "invalid_name", f"{name!r} is not a task name: use letters, "
+                             "digits, '_', '-', '.', starting with a letter or digit")
+        async with srv.admin_lock:
+            try:
+                await run_in_threadpool(admin.install, srv.cache, name, body.source)
+            except (ValueError, OSError) as e:  # AdapterFileError is a ValueError
+                # the store and the resident version are as they were
+                raise ServeError(422, "adapter_refused", str(e)) from None
+            srv.disabled.discard(name)
+        return adapter_state(name)
+
+    @app.delete("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
+                summary="Unload an adapter and stop serving it (it stays in the store)",
+                tags=["admin"])
+    async def unload(name: str, _: Admin):
+        in_store(name)
+        async with srv.admin_lock:
+            srv.disabled.add(name)
+            await run_in_threadpool(srv.cache.drop, name)
+        return adapter_state(name)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    @app.get("/healthz", response_model=Health, summary="The process answers")
+    async def healthz():
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}},
+             summary="Ready to take predictions")
+    async def readyz():
+        if not (srv.ready and srv.batcher.alive):
+            raise ServeError(503, "not_ready", "the server is starting or shutting down")
+        return Health(status="ready")
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)",
+             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def metrics():
+        return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return _Instrumented(BodyLimit(app, config.max_body_bytes), app, srv.metrics)
+
+
+class _Instrumented:
+    """ASGI wrapper counting requests by route and status, timing them, tracking in-flight.
+
+    It also forwards attribute access to the FastAPI app (`.state`, `.openapi()`).
+    """
+
+    def __init__(self, asgi, app: FastAPI, metrics: ServerMetrics) -> None:
+        self._asgi = asgi
+        self._app = app
+        self._metrics = metrics
+
+    def __getattr__(self, name):
+        return getattr(self._app, name)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self._asgi(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self._metrics.in_flight.inc()
+        try:
+            await self._asgi(scope, receive, send_status)
+        finally:
+            self._metrics.in_flight.dec()
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self._metrics.requests.labels(label, str(status)).inc()
+            self._metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server until SIGTERM/SIGINT, then finish in-flight requests and exit."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    srv: Server = app.state.server
+    if srv.tenants.open:
+        print(f"adapters-kit serve: no keys file, so listening on loopback only "
+              f"({config.host}); every local caller may use every task and the admin routes. "
+              "Pass --keys FILE.toml to serve tenants.", file=sys.stderr, flush=True)
+    names = srv.store.names()
+    print(f"adapters-kit serve: {len(names)} adapters in {config.store}, base "
+          f"{config.backbone}; http://{config.host}:{config.port}/docs", file=sys.stderr,
+          flush=True)
+    uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                  timeout_graceful_shutdown=int(config.shutdown_grace_s) or 1,
+                                  access_log=False)).run()

@@ -1,0 +1,290 @@
+"""Dynamic batching: one queue, one engine thread, mixed-task batches by a token budget.
+
+The asyncio side enqueues whole requests (task, inputs, future). The engine thread takes the
+first waiting request, then keeps taking requests for at most `max_wait_ms` or until the
+gathered rows reach `batch_tokens`. Each request's task is made resident (through the adapter
+cache) and leased, so a replace or unload during the batch never changes an answer halfway;
+its inputs are tokenised; all rows of all requests are sorted by length and cut into chunks
+whose padded size (rows x longest row) fits the token budget, so short texts are not padded to
+long ones. Each chunk is one pass through the base whatever its mix of tasks. Each request's
+future is resolved on its own event loop with its own outputs, in input order.
+
+A request that cannot be served (bad input, bad adapter file, past its deadline) fails alone:
+the others in the batch are answered as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..cache import AdapterCache
+from ..errors import AdapterFileError, DataError
+from ..kinds import Row
+from ..runtime import ResidentTask
+from .config import ServeConfig
+from .errors import ServeError, deadline_exceeded, unknown_task
+from .metrics import ServerMetrics
+
+log = logging.getLogger("adapters_kit.server")
+
+
+@dataclass
+class Job:
+    """One predict request waiting for (or in) the engine."""
+
+    task: str
+    inputs: list
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    deadline: float
+    """time.monotonic() after which the request is not worth running."""
+
+
+@dataclass
+class _Prepared:
+    job: Job
+    task: ResidentTask
+    items: list
+    rows: list[list[Row]]  # per input: its model rows (a long QA context gives several)
+    outs: list[list] = field(default_factory=list)
+
+
+def coerce_input(task: ResidentTask, item) -> object:
+    """A JSON input in the engine's terms for this task's kind, or a DataError naming the fix."""
+    spec = task.spec
+    if spec.kind == "extractive-qa":
+        if isinstance(item, dict):
+            return item
+        if isinstance(item, list) and len(item) == 2:
+            return tuple(item)
+        raise DataError(f"task {spec.name!r} (extractive-qa) takes {{\"question\": ..., "
+                        f"\"context\": ...}} or [question, context] per input")
+    if isinstance(item, dict):
+        raise DataError(f"task {spec.name!r} ({spec.kind}) does not take an object input; "
+                        "send " + _expected(task))
+    if spec.kind == "token-classification":
+        return item  # a text, or a list of words
+    if spec.is_pair:
+        if isinstance(item, list) and len(item) == 2:
+            return tuple(item)
+        raise DataError(f"task {spec.name!r} takes a pair of texts per input: send [text_a, text_b]")
+    if not isinstance(item, str):
+        raise DataError(f"task {spec.name!r} takes one text per input: send a string")
+    return item
+
+
+def _expected(task: ResidentTask) -> str:
+    if task.spec.kind == "token-classification":
+        return "a text or a list of words"
+    return "[text_a, text_b]" if task.spec.is_pair else "a text"
+
+
+def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
+    if future.done():  # the caller gave up (deadline, disconnect)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """Owns the request queue and the one thread that runs the engine."""
+
+    def __init__(self, cache: AdapterCache, config: ServeConfig, metrics: ServerMetrics) -> None:
+        self.cache = cache
+        self.model = cache.model
+        self.config = config
+        self.metrics = metrics
+        self._queue: deque[Job] = deque()
+        self._pending = 0  # inputs queued, not yet taken by the engine thread
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="adapters-kit-engine", daemon=True)
+
+    # -- the asyncio side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def submit(self, task: str, inputs: list, deadline: float) -> asyncio.Future:
+        """Queue a request; its future gets the outputs or a ServeError. Never blocks."""
+        loop = asyncio.get_running_loop()
+        job = Job(task, inputs, loop, loop.create_future(), deadline)
+        with self._cond:
+            if self._stopping:
+                raise ServeError(503, "shutting_down", "the server is shutting down; retry "
+                                 "against another instance or after it restarts")
+            if self._pending + len(inputs) > self.config.queue_inputs:
+                self.metrics.rejected.labels("queue_full").inc()
+                raise ServeError(429, "overloaded", f"the server's queue is full "
+                                 f"({self._pending} inputs waiting, at most "
+                                 f"{self.config.queue_inputs}); retry after "
+                                 f"{self.config.retry_after_s} s",
+                                 headers={"Retry-After": str(self.config.retry_after_s)})
+            self._queue.append(job)
+            self._pending += len(inputs)
+            self.metrics.queue_depth.set(self._pending)
+            self._cond.notify()
+        return job.future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new requests, run every queued one, then end the engine thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the engine thread ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.config.torch_threads)  # see ServeConfig.torch_threads
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            if batch:
+                try:
+                    self._run(batch)
+                except Exception:  # the thread must survive anything one batch does
+                    log.exception("engine batch failed")
+                    for p in batch:
+                        _resolve(p.job, error=ServeError(500, "internal", "the engine failed on "
+                                                         "this batch; the error is in the log"))
+                finally:
+                    for p in batch:
+                        self.model.release(p.task)
+
+    def _take(self, timeout: float | None) -> Job | None:
+        """The next queued job, waiting up to `timeout` (None: until one comes or a stop)."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._queue:
+                if self._stopping:
+                    return None
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            job = self._queue.popleft()
+            self._pending -= len(job.inputs)
+            self.metrics.queue_depth.set(self._pending)
+            return job
+
+    def _gather(self) -> list[_Prepared] | None:
+        """Requests for one batch (possibly none servable); None once stopped and drained."""
+        job = self._take(None)
+        if job is None:
+            return None
+        batch: list[_Prepared] = []
+        tokens = 0
+        end = time.monotonic() + self.config.max_wait_ms / 1000
+        while job is not None:
+            prepared = self._prepare(job)
+            if prepared is not None:
+                batch.append(prepared)
+                tokens += sum(len(r.ids) for rows in prepared.rows for r in rows)
+            if tokens >= self.config.batch_tokens:
+                break
+            job = self._take(max(0.0, end - time.monotonic()))
+        return batch
+
+    def _prepare(self, job: Job) -> _Prepared | None:
+        """Make the job's task resident, lease it and tokenise; on failure answer the job."""
+        if job.future.done():
+            return None
+        if time.monotonic() > job.deadline:
+            _resolve(job, error=deadline_exceeded(self.config.deadline_s))
+            return None
+        error = self.cache.ensure_available([job.task]).get(job.task)
+        if error is not None:
+            _resolve(job, error=self._load_error(job.task, error))
+            return None
+        try:
+            task = self.model.acquire(job.task)
+        except KeyError:  # unloaded by an admin between the two calls
+            _resolve(job, error=ServeError(503, "adapter_unavailable", f"task {job.task!r} was "
+                                           "unloaded while the request waited; retry"))
+            return None
+        try:
+            items, rows = [], []
+            for i, x in enumerate(job.inputs):
+                try:
+                    items.append(coerce_input(task, x))
+                    rows.append(self.model._encode(task, items[-1]))
+                except DataError as e:
+                    raise DataError(f"inputs[{i}]: {e}") from e
+        except DataError as e:
+            self.model.release(task)
+            _resolve(job, error=ServeError(422, "invalid_input", str(e)))
+            return None
+        except Exception:
+            self.model.release(task)
+            log.exception("tokenising a request for %s failed", job.task)
+            _resolve(job, error=ServeError(500, "internal", "the request could not be "
+                                           "tokenised; the error is in the server log"))
+            return None
+        return _Prepared(job, task, items, rows)
+
+    def _load_error(self, name: str, error: Exception) -> ServeError:
+        if isinstance(error, AdapterFileError) and not self.cache.store.path(name).is_dir():
+            return unknown_task()
+        # the adapter's path on this machine is not the caller's business
+        message = str(error).replace(str(self.cache.store.root), "<store>")
+        log.error("task %s cannot be served: %s", name, error)
+        return ServeError(503, "adapter_unavailable", f"task {name!r} cannot be served: its "
+                          f"adapter file was refused ({message}). Other tasks are unaffected; "
+                          "an operator must replace the adapter")
+
+    def _run(self, batch: list[_Prepared]) -> None:
+        budget, max_rows = self.config.batch_tokens, self.config.max_batch_rows
+        for p in batch:
+            p.outs = [[None] * len(rows) for rows in p.rows]
+        flat = [(b, i, j) for b, p in enumerate(batch) for i, rows in enumerate(p.rows)
+                for j in range(len(rows))]
+        flat.sort(key=lambda bij: len(batch[bij[0]].rows[bij[1]][bij[2]].ids))
+        chunks: list[list[tuple[int, int, int]]] = []
+        for bij in flat:
+            b, i, j = bij
+            length = len(batch[b].rows[i][j].ids)  # ascending: this row is the chunk's longest
+            if chunks and len(chunks[-1]) < max_rows and (len(chunks[-1]) + 1) * length <= budget:
+                chunks[-1].append(bij)
+            else:
+                chunks.append([bij])
+        self.metrics.batch_inputs.observe(sum(len(p.items) for p in batch))
+        self.metrics.batch_tasks.observe(len({p.task.name for p in batch}))
+        for chunk in chunks:
+            self.metrics.batch_rows.observe(len(chunk))
+            outs = self.model._forward([batch[b].rows[i][j].ids for b, i, j in chunk],
+                                       [batch[b].task for b, _, _ in chunk])
+            for (b, i, j), out in zip(chunk, outs):
+                batch[b].outs[i][j] = out
+        for p in batch:
+            try:
+                result = [p.task.impl.decode(p.task.spec, rows, outs, item)
+                          for item, rows, outs in zip(p.items, p.rows, p.outs)]
+            except Exception:
+                log.exception("decoding a request for %s failed", p.task.name)
+                _resolve(p.job, error=ServeError(500, "internal", "the outputs could not be "
+                                                 "decoded; the error is in the server log"))
+                continue
+            _resolve(p.job, result=(p.task, result))
+
+
+def _resolve(job: Job, result=None, error: BaseException | None = None) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass

@@ -1,0 +1,98 @@
+"""The server's settings: one typed dataclass, validated once at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..errors import AdaptersKitError
+
+
+class ServeConfigError(AdaptersKitError, ValueError):
+    """A server setting is out of range or contradicts another one."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServeConfig:
+    store: Path
+    """Folder of adapter directories, one per task (the name of the folder is the task's name)."""
+    backbone: str = "embedded-distilbert"
+    """The base model every adapter in the store was trained on (a name or a model folder)."""
+    keys: Path | None = None
+    """TOML keys file (tenants, their API keys and tasks, the admin key). Without it the server
+    binds loopback only and every local caller may use every task and the admin routes."""
+    host: str = "127.0.0.1"
+    """Address to bind. Anything but loopback needs a keys file."""
+    port: int = 8000
+    """TCP port to bind (0: any free port)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted; a larger one gets 413 before it is parsed."""
+    max_inputs: int = 64
+    """Most inputs in one predict request; more gets 413."""
+    max_chars: int = 20_000
+    """Most characters in one input (all its texts together); more gets 422."""
+    queue_inputs: int = 1024
+    """Most inputs waiting for the engine across all requests; a request that does not fit
+    gets 429 with Retry-After, so memory stays bounded under any load."""
+    batch_tokens: int = 4096
+    """Token budget of one engine batch (rows x longest row, padding included)."""
+    max_batch_rows: int = 64
+    """Most rows in one forward pass, whatever their length."""
+    max_wait_ms: float = 5.0
+    """How long the batcher waits for more requests once it holds one, before it runs."""
+    deadline_s: float = 10.0
+    """Per-request deadline from arrival; a request not answered by then gets 504."""
+    retry_after_s: int = 1
+    """Seconds sent in Retry-After with a 429."""
+    cache_bytes: int = 512 << 20
+    """Budget of resident adapter files; least recently used adapters are unloaded beyond it."""
+    torch_threads: int = 0
+    """Intra-op threads of the engine thread; 0: all cores but one, which is left to the HTTP
+    side. More threads than free cores is much slower than fewer: torch's worker threads
+    spin while they wait, and under oversubscription the spinning takes the CPU."""
+    capacity: int = 16
+    """Initial adapter slots in the engine (it grows as needed)."""
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM/SIGINT: how long in-flight requests may take to finish before the exit."""
+
+    def __post_init__(self) -> None:
+        self.store = Path(self.store)
+        if self.keys is not None:
+            self.keys = Path(self.keys)
+        problems = []
+        if self.torch_threads == 0:
+            self.torch_threads = max(1, (os.cpu_count() or 2) - 1)
+        if not self.store.is_dir():
+            problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
+                            "adapter directories (adapters-kit train ... --out DIR/TASK)")
+        if self.keys is not None and not self.keys.is_file():
+            problems.append(f"keys file {self.keys} does not exist; pass --keys FILE.toml or "
+                            "leave it out to serve loopback only")
+        if self.keys is None and not is_loopback(self.host):
+            problems.append(f"host {self.host!r} is not loopback, and without a keys file anyone "
+                            "who reaches it could use every task; pass --keys FILE.toml or bind "
+                            "127.0.0.1")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "port" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if value <= 0:
+                problems.append(f"{f.name} must be > 0, got {value}")
+        if self.max_inputs > self.queue_inputs:
+            problems.append(f"max_inputs {self.max_inputs} exceeds queue_inputs "
+                            f"{self.queue_inputs}: such a request could never be queued")
+        if problems:
+            raise ServeConfigError("server settings refused:\n  " + "\n  ".join(problems))

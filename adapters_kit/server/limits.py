@@ -1,0 +1,93 @@
+"""Request size limits, checked before any work: body bytes, inputs per request, characters."""
+
+from __future__ import annotations
+
+import json
+
+from .config import ServeConfig
+from .errors import ServeError
+
+
+def _too_large(limit: int) -> bytes:
+    return json.dumps(ServeError(413, "body_too_large", f"the request body is larger than "
+                                 f"{limit} bytes; send fewer or shorter inputs per request")
+                      .body()).encode()
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes gets 413 without being read whole.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is read up
+    to the limit and refused as soon as it passes it. A body within the limit is handed on.
+    """
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                if int(declared) > self.limit:
+                    await self._refuse(send)
+                    return
+            except ValueError:
+                pass  # the server's HTTP parser rejects a malformed length itself
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as servers do
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = _too_large(self.limit)
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def input_chars(item) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(len(v) for v in item.values() if isinstance(v, str))
+    return sum(len(x) for x in item)
+
+
+def check_inputs(inputs: list, config: ServeConfig) -> None:
+    """413 for too many inputs, 422 for an empty list or an input with too many characters."""
+    if not inputs:
+        raise ServeError(422, "invalid_request", "inputs is empty; send at least one input")
+    if len(inputs) > config.max_inputs:
+        raise ServeError(413, "too_many_inputs", f"{len(inputs)} inputs in one request; at most "
+                         f"{config.max_inputs} are accepted: split them over several requests")
+    for i, item in enumerate(inputs):
+        n = input_chars(item)
+        if n > config.max_chars:
+            raise ServeError(422, "input_too_long", f"inputs[{i}] has {n} characters; at most "
+                             f"{config.max_chars} are accepted per input: shorten or split it")

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one server: its own registry, so several servers in a process never mix."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..cache import AdapterCache
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class _CacheCollector:
+    """Reads the adapter cache's counters at scrape time (no second copy to keep in sync)."""
+
+    def __init__(self, cache: AdapterCache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        s = self.cache.stats
+        for name, value, doc in (("hits", s.hits, "task lookups that found the adapter resident"),
+                                 ("misses", s.misses, "task lookups that had to load the adapter"),
+                                 ("loads", s.loads, "adapters loaded from the store"),
+                                 ("evictions", s.evictions, "adapters unloaded for the budget")):
+            c = CounterMetricFamily(f"adapters_kit_cache_{name}", doc)
+            c.add_metric([], value)
+            yield c
+        g = GaugeMetricFamily("adapters_kit_resident_adapters", "adapters resident in the engine")
+        g.add_metric([], len(self.cache.model.tasks))
+        yield g
+        g = GaugeMetricFamily("adapters_kit_resident_adapter_bytes",
+                              "bytes of adapter files resident under the cache budget")
+        g.add_metric([], s.resident_bytes)
+        yield g
+
+
+class ServerMetrics:
+    def __init__(self, cache: AdapterCache) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("adapters_kit_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("adapters_kit_request_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("adapters_kit_requests_in_flight", "HTTP requests being handled",
+                               registry=r)
+        self.queue_depth = Gauge("adapters_kit_queue_inputs",
+                                 "inputs waiting in the batcher's queue", registry=r)
+        self.batch_inputs = Histogram("adapters_kit_batch_inputs", "inputs per engine batch",
+                                      buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_rows = Histogram("adapters_kit_batch_rows", "model rows per forward pass",
+                                    buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_tasks = Histogram("adapters_kit_batch_tasks", "distinct tasks per engine batch",
+                                     buckets=_SIZE_BUCKETS, registry=r)
+        self.rejected = Counter("adapters_kit_rejected", "requests refused before the engine",
+                                ["reason"], registry=r)
+        r.register(_CacheCollector(cache))
