@@ -183,7 +183,8 @@ def _plain_peft(path, auto_cls: str, **kw):
 
     base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     model = getattr(transformers, auto_cls).from_pretrained(base, **kw)
-    return PeftModel.from_pretrained(model, str(path)).eval(), transformers.AutoTokenizer.from_pretrained(base)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    return PeftModel.from_pretrained(model, str(path)).eval(), tokenizer
 
 
 @pytest.fixture()
