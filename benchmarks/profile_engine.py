@@ -1,0 +1,83 @@
+"""Where the engine's time goes: the share of one batch spent in the LoRA bank's own ops.
+
+    python benchmarks/profile_engine.py [--batch 64] [--length 32] [--k 1]
+
+Builds the DistilBERT-base-shaped model and K random r=8 q/v adapters as serving_engine.py
+does, runs one batch under torch.profiler, and splits CPU time between the LoRA factors'
+matmuls (any op whose inputs have a rank-8 dimension, plus the bank gathers) and everything
+else. The share is measured inside one run, so the machine's drift between runs cannot move it.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _common import emit  # noqa: E402
+from serving_engine import make_adapters, make_base  # noqa: E402
+
+from adapters_kit import MultiTaskModel  # noqa: E402
+from adapters_kit.backbones import Backbone  # noqa: E402
+
+RANK = 8
+LORA_OPS = {"aten::index", "aten::bmm", "aten::baddbmm_", "aten::baddbmm"}
+
+
+def is_lora(event) -> bool:
+    shapes = [s for s in (event.input_shapes or []) if s]
+    if event.key in LORA_OPS:
+        return True
+    return event.key in ("aten::mm", "aten::addmm_", "aten::addmm") and any(
+        RANK in s[-1:] or (len(s) == 2 and s[0] == RANK) for s in shapes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="distilbert", choices=["distilbert", "albert"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--length", type=int, default=32)
+    ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="profile-engine-"))
+    os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
+    backbone = Backbone.resolve(make_base(work, args.arch))
+    paths = make_adapters(backbone, max(args.k, 1), work)
+    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
+    for p in paths:
+        engine.load(p)
+    names = sorted(engine.tasks)
+    tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
+    ids[:, 0] = 101
+    id_lists = ids.tolist()
+    engine._forward(id_lists, tasks)  # warm-up
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.reps):
+            engine._forward(id_lists, tasks)
+    events = prof.key_averages(group_by_input_shape=True)
+    # self CPU time of leaf ops: the parts add up to the whole without double counting
+    total = sum(e.self_cpu_time_total for e in events)
+    lora = sum(e.self_cpu_time_total for e in events if is_lora(e))
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    for e in top:
+        print(f"  {e.key:<24} {e.self_cpu_time_total / 1e3 / args.reps:8.2f} ms/batch  "
+              f"{'LoRA' if is_lora(e) else '    '} {e.input_shapes}")
+    share = lora / total
+    print(f"{args.arch} B={args.batch} L={args.length} K={args.k}: LoRA bank ops take "
+          f"{share * 100:.2f}% of the batch's CPU time -> engine/merged about {1 / (1 - share):.4f}")
+    emit({"arch": args.arch, "batch": args.batch, "length": args.length, "k": args.k,
+          "lora_share": round(share, 5), "implied_ratio": round(1 / (1 - share), 4)})
+
+
+if __name__ == "__main__":
+    main()
