@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model, _, files = _model_for(args.adapter_dir)
-    result = evaluate_adapter(files.path, args.data, args.split, model=model)
+    result = evaluate_adapter(files, args.data, args.split, model=model)  # read once
     seconds = time.perf_counter() - started
     if args.json:
         _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path)})

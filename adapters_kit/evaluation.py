@@ -6,18 +6,18 @@ from pathlib import Path
 
 from .kinds import kind_of
 from .runtime import MultiTaskModel
-from .store import read_adapter
+from .store import AdapterFiles, read_adapter
 from .tasks import TaskSpec
 
 
-def evaluate_adapter(adapter_dir: str | Path, data: str | None = None, split: str = "dev",
+def evaluate_adapter(adapter_dir: str | Path | AdapterFiles, data: str | None = None, split: str = "dev",
                      model: MultiTaskModel | None = None, batch_size: int = 64) -> dict:
     """Metrics of an adapter on `data` (a file) or its task's `split` ("dev" or "test").
 
     Returns {"task", "split", "examples", "metrics"}. The dev split is rebuilt exactly as
     training held it out (same seed); a QA article split never changes.
     """
-    files = read_adapter(adapter_dir)
+    files = adapter_dir if isinstance(adapter_dir, AdapterFiles) else read_adapter(adapter_dir)
     spec = TaskSpec.from_dict({k: v for k, v in files.task["task"].items() if k != "source"})
     if model is None:
         model = MultiTaskModel(files.task["backbone"]["name"])

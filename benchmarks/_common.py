@@ -37,3 +37,33 @@ def median_seconds(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def random_adapters(backbone, root: Path, k: int, backbone_name: str | None = None) -> list[Path]:
+    """K adapter directories `root/task000...` with random LoRA factors (r=8 on q/v plus the
+    small head, 2 labels): timing does not depend on training. `backbone_name` is what the
+    adapters record as their backbone (default: the base folder)."""
+    import torch
+    from peft import get_peft_model
+
+    from adapters_kit import TaskSpec
+    from adapters_kit.backbones import fingerprint
+    from adapters_kit.store import save_adapter
+    from adapters_kit.train import lora_config
+
+    base = backbone.load_model(2)
+    fp = fingerprint(base)
+    cfg = {"targets": "qv", "head": "lora", "rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+    peft_model = get_peft_model(base, lora_config(backbone.arch, 2, cfg))
+    paths = []
+    for i in range(k):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if ".lora_" in n:
+                    p.normal_(0, 0.02)
+        spec = TaskSpec(name=f"task{i:03d}", labels=["a", "b"])
+        meta = {"task": spec.to_dict(), "backbone": {
+            "name": backbone_name or str(backbone.path), "fingerprint": fp, "arch": backbone.arch}}
+        paths.append(save_adapter(root / spec.name, peft_model, meta, overwrite=True))
+    return paths

@@ -38,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import ROOT, emit, require_shared  # noqa: E402
+from _common import ROOT, emit, random_adapters, require_shared  # noqa: E402
 
 BACKBONE = "embedded-distilbert"
 
@@ -58,33 +58,9 @@ def load_texts() -> list[str]:
 
 def make_store(root: Path, k: int) -> list[str]:
     """K adapter directories with random LoRA factors (r=8, q/v + classifier), names task000..."""
-    import torch
-    from peft import get_peft_model
+    from adapters_kit.backbones import Backbone
 
-    from adapters_kit import TaskSpec
-    from adapters_kit.backbones import Backbone, fingerprint
-    from adapters_kit.store import save_adapter
-    from adapters_kit.train import lora_config
-
-    backbone = Backbone.resolve(BACKBONE)
-    base = backbone.load_model(2)
-    fp = fingerprint(base)
-    cfg = {"targets": "qv", "head": "lora", "rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
-    peft_model = get_peft_model(base, lora_config(backbone.arch, 2, cfg))
-    names = []
-    for i in range(k):
-        name = f"task{i:03d}"
-        torch.manual_seed(100 + i)
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if ".lora_" in n:
-                    p.normal_(0, 0.02)
-        spec = TaskSpec(name=name, labels=["a", "b"], max_length=128)
-        meta = {"task": spec.to_dict(), "backbone": {"name": BACKBONE, "fingerprint": fp,
-                                                     "arch": backbone.arch}}
-        save_adapter(root / name, peft_model, meta, overwrite=True)
-        names.append(name)
-    return names
+    return [p.name for p in random_adapters(Backbone.resolve(BACKBONE), root, k, BACKBONE)]
 
 
 # -- the naive baseline server ------------------------------------------------------------------

@@ -31,12 +31,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit, median_seconds  # noqa: E402
+from _common import emit, median_seconds, random_adapters  # noqa: E402
 
-from adapters_kit import MultiTaskModel, TaskSpec  # noqa: E402
-from adapters_kit.backbones import Backbone, fingerprint  # noqa: E402
-from adapters_kit.store import save_adapter  # noqa: E402
-from adapters_kit.train import lora_config  # noqa: E402
+from adapters_kit import MultiTaskModel  # noqa: E402
+from adapters_kit.backbones import Backbone  # noqa: E402
 
 
 def make_base(work: Path, arch: str) -> Path:
@@ -61,25 +59,7 @@ def make_base(work: Path, arch: str) -> Path:
 
 def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
     """K adapter directories with random LoRA factors (r=8, q/v + head)."""
-    from peft import get_peft_model
-
-    base = backbone.load_model(2)
-    fp = fingerprint(base)
-    cfg = {"targets": "qv", "head": "lora", "rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
-    peft_model = get_peft_model(base, lora_config(backbone.arch, 2, cfg))
-    paths = []
-    for i in range(k):
-        torch.manual_seed(100 + i)
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if ".lora_" in n:
-                    p.normal_(0, 0.02)
-        spec = TaskSpec(name=f"task{i:03d}", labels=["a", "b"])
-        meta = {"task": spec.to_dict(), "backbone": {"name": str(backbone.path), "fingerprint": fp,
-                                                     "arch": backbone.arch}}
-        paths.append(save_adapter(work / backbone.arch / f"task{i:03d}", peft_model, meta,
-                                  overwrite=True))
-    return paths
+    return random_adapters(backbone, work / backbone.arch, k)
 
 
 def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float], dict]:
