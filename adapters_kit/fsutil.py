@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import os
 import shutil
@@ -12,6 +15,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _TMP_PREFIX = ".tmp-"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2():
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        return fn
+    return None
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where the system or filesystem cannot do it; the caller falls back.
+    """
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -56,7 +90,8 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
     A crash at any point leaves either no `target` or the complete old one, never a partial
     directory. With `overwrite`, an existing `target` is swapped out only after the new one
-    is complete.
+    is complete. Where the system can exchange two directories atomically (Linux), readers
+    never see `target` missing; elsewhere it is missing for the instant between two renames.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +106,9 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
         for p in tmp.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         _fsync_tree(tmp)
-        if target.exists():
+        if target.exists() and exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
+        elif target.exists():
             old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)

@@ -99,3 +99,41 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
             (tmp / "f").write_text("v2")
             raise RuntimeError("crash")
     assert (target / "f").read_text() == "v1"
+
+
+def test_overwrite_never_leaves_the_directory_missing_for_a_reader(tmp_path):
+    """A server reads the store while an admin replaces an adapter: on Linux the new version
+    takes the name in one exchange, so a reader sees v-old or v-new, never no directory."""
+    import threading
+
+    from adapters_kit.fsutil import exchange
+
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir()
+    probe_b.mkdir()
+    if not exchange(probe_a, probe_b):
+        pytest.skip("this filesystem cannot exchange two directories atomically")
+    target = tmp_path / "adapter"
+    with atomic_directory(target) as tmp:
+        (tmp / "f").write_text("0")
+    stop, seen = threading.Event(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.append((target / "f").read_text())
+            except FileNotFoundError:
+                seen.append(None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 200):
+            with atomic_directory(target, overwrite=True) as tmp:
+                (tmp / "f").write_text(str(i))
+    finally:
+        stop.set()
+        reader.join()
+    assert None not in seen and len(set(seen)) > 1
+    assert (target / "f").read_text() == "199"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "adapter", "b"]

@@ -73,8 +73,9 @@ class Server:
         self.ready = False
 
     def servable(self, name: str) -> bool:
+        # a resident task stays servable while an admin replace swaps its store directory
         return (admin.valid_name(name) and name not in self.disabled
-                and (self.store.path(name) / "task.json").is_file())
+                and (name in self.model.tasks or (self.store.path(name) / "task.json").is_file()))
 
     def task_info(self, name: str) -> TaskInfo | None:
         try:
