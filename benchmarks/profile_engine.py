@@ -26,7 +26,7 @@ from adapters_kit import MultiTaskModel  # noqa: E402
 from adapters_kit.backbones import Backbone  # noqa: E402
 
 RANK = 8
-LORA_OPS = {"aten::index", "aten::bmm", "aten::baddbmm_", "aten::baddbmm"}
+LORA_OPS = {"aten::index", "aten::index_select", "aten::bmm", "aten::baddbmm_", "aten::baddbmm"}
 
 
 def is_lora(event) -> bool:
