@@ -118,7 +118,9 @@ class LoraBankLinear(nn.Module):
             # One BLAS call adds the second factor straight into the base output: no delta
             # tensor, no separate add pass.
             flat = out.view(-1, out.shape[-1])  # [N, d_out]
-            flat.addmm_(x.reshape(-1, x.shape[-1]) @ bank_a[single].T, bank_b[single].T)
+            h = x.reshape(-1, x.shape[-1]) @ bank_a[single].to(x.dtype).T  # [N, r]
+            # in-place ops are outside autocast: under bf16 every operand takes out's dtype
+            flat.addmm_(h.to(out.dtype), bank_b[single].to(out.dtype).T)
             return out
         rows = rows.clamp(max=capacity - 1) * (rows < capacity)  # slots this layer never saw: 0
         # index_select copies whole slots; advanced indexing (bank[rows]) takes a generic
@@ -130,8 +132,8 @@ class LoraBankLinear(nn.Module):
         # A @ x^T gives [B, r, T]: the product's wide side is the sequence, not the rank. BLAS
         # runs that shape several times faster than x @ A^T's [B, T, r] (r is 8 or 16 wide),
         # which made the mixed path cost about 4% of a long-row batch instead of about 1%.
-        h = torch.bmm(a, x3.transpose(1, 2))  # [B, r, T]
-        out3.baddbmm_(h.transpose(1, 2), b.transpose(1, 2))
+        h = torch.bmm(a.to(x.dtype), x3.transpose(1, 2))  # [B, r, T]
+        out3.baddbmm_(h.to(out.dtype).transpose(1, 2), b.to(out.dtype).transpose(1, 2))
         return out
 
 

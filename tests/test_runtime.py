@@ -36,6 +36,24 @@ def test_mixed_batch_equals_each_task_alone(two_adapters):
     assert len(out[0]) == 2 and len(out[1]) == 3  # each row in its own task's label space
 
 
+def test_bf16_engine_stays_close_to_fp32_on_both_paths(two_adapters):
+    """bf16 is an opt-in speed mode: outputs move by bf16 rounding, not more, on the
+    single-adapter path and the mixed path alike; fp32 stays the exact default."""
+    backbone, a, b = two_adapters
+    engines = {p: MultiTaskModel(backbone, precision=p) for p in ("fp32", "bf16")}
+    for engine in engines.values():
+        engine.load(a)
+        engine.load(b)
+    mixed = [("tiny_sentiment" if i % 2 else "tiny_topic", t) for i, t in enumerate(TEXTS * 2)]
+    for run in (lambda m: m.logits("tiny_sentiment", TEXTS), lambda m: m.logits_mixed(mixed)):
+        want, got = (run(engines[p]) for p in ("fp32", "bf16"))
+        diffs = [float((g - w).abs().max()) for g, w in zip(got, want)]
+        assert all(g.dtype == torch.float32 for g in got)
+        assert max(diffs) < 0.05 and max(diffs) > 0  # bf16 really ran, and stayed close
+    with pytest.raises(ValueError, match="'fp16' is not one of"):
+        MultiTaskModel(backbone, precision="fp16")
+
+
 def test_swap_a_b_a_gives_a_again(two_adapters):
     backbone, a, b = two_adapters
     model = MultiTaskModel(backbone)
