@@ -48,6 +48,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .tasks import get_task
     from .train import TrainConfig, train
 
@@ -59,9 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, rank=args.rank, targets=args.targets,
                          head=args.head, max_train_examples=args.max_train_examples,
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
-                         precision=args.precision,
+                         precision=args.precision, threads=args.threads, dropout=args.dropout,
                          resume=not args.no_resume, progress=not args.json)
     result = train(spec, out, config)
+    if not is_main_process():  # under `accelerate launch` the main process reports for all
+        return 0
     if args.json:
         _print_json({"task": spec.name, "backbone": args.backbone, **result.to_dict()})
     else:
@@ -148,8 +151,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
               'pip install "adapters-kit[serve]"', file=sys.stderr)
         return 2
     limits = {k: getattr(args, k) for k in _SERVE_LIMITS if getattr(args, k) is not None}
-    serve(ServeConfig(store=Path(args.store), backbone=args.backbone, keys=args.keys,
-                      host=args.host, port=args.port, **limits))
+    config = ServeConfig(store=Path(args.store), backbone=args.backbone, keys=args.keys,
+                         host=args.host, port=args.port, precision=args.precision, **limits)
+    if not args.ray:
+        if args.replicas is not None or args.ray_address:
+            raise AdaptersKitError("--replicas and --ray-address need --ray; add --ray to serve "
+                                   "on Ray Serve, or drop them for the single-process server")
+        serve(config)
+        return 0
+    if args.replicas is not None and args.replicas < 1:
+        raise AdaptersKitError(f"--replicas {args.replicas}: a deployment needs at least 1 "
+                               "engine replica")
+    try:
+        from .server.ray_app import serve_ray
+    except ImportError as e:
+        print(f"adapters-kit: error: --ray needs Ray Serve ({e.name} is missing): "
+              'pip install "adapters-kit[ray]"', file=sys.stderr)
+        return 2
+    serve_ray(config, args.replicas or 1, args.ray_address)
     return 0
 
 
@@ -157,6 +176,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 _SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int, "queue_inputs": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
                  "torch_threads": int}
+
+
+def _thread_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count; give 1 or more")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="training matmuls: auto = bf16 where the hardware is native (default)")
+    p.add_argument("--dropout", type=float,
+                   help="override every dropout of the model and LoRA during training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_thread_count, help="torch threads per process (default: all cores; "
+                   "under `accelerate launch`, cores / processes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
     p.add_argument("--no-resume", action="store_true", help="ignore an interrupted run's checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
@@ -228,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     for field, kind in _SERVE_LIMITS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
                        help="see the README, section HTTP server, for the default")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="engine matmul precision: fp32 (default, exact) or bf16 (faster on "
+                   "CPUs with bf16 units)")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve: engine replicas, requests routed by task (README, "
+                   "section Serving on Ray)")
+    p.add_argument("--replicas", type=int, help="with --ray: engine replicas (default 1)")
+    p.add_argument("--ray-address", help="with --ray: join the Ray cluster at this address "
+                   "(default: RAY_ADDRESS, else start a local Ray instance)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")

@@ -9,6 +9,8 @@
 `MultiTaskModel` (runtime.py) owns the engine: banks, mixed batches, hot-swap with leases.
 `AdapterCache` (cache.py) loads adapters lazily from a store under a byte budget, LRU.
 `merge_adapter` (merge.py) exports one adapter merged into its base for single-task serving.
+`ray_application` / `serve_ray` (server/ray_app.py, needs the `ray` extra) serve a store on
+Ray Serve: N engine replicas, requests routed by task with model multiplexing.
 """
 
 from .cache import AdapterCache, CacheStats
@@ -18,4 +20,13 @@ from .runtime import MultiTaskModel, ResidentTask
 from .store import AdapterStore
 
 __all__ = ["AdapterCache", "AdapterStore", "CacheStats", "MultiTaskModel", "ResidentTask",
-           "evaluate_adapter", "merge_adapter"]
+           "evaluate_adapter", "merge_adapter"]  # and, lazily, ray_application and serve_ray
+
+
+def __getattr__(name: str):
+    # Ray is imported only when asked for: `import adapters_kit` never needs it.
+    if name in ("ray_application", "serve_ray"):
+        from .server import ray_app
+
+        return {"ray_application": ray_app.build, "serve_ray": ray_app.serve_ray}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ import torch
 from . import heads
 from .backbones import DEFAULT_BACKBONE, HEAD_DENSE, Backbone, fingerprint, head_module, target_modules
 from .data import collate, length_grouped_batches
+from .distributed import Processes
 from .fsutil import atomic_directory
 from .kinds import Kind, kind_of
 from .plots import curves_png
@@ -72,6 +73,8 @@ class TrainConfig:
                 out[k] = getattr(spec, k)
         if out["head"] not in ("lora", "full"):
             raise ValueError(f"head {out['head']!r} must be 'lora' or 'full'")
+        if out["threads"] is not None and out["threads"] < 1:
+            raise ValueError(f"threads {out['threads']} must be at least 1 (or None for all cores)")
         return out
 
 
@@ -234,6 +237,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
 
     `stop_after_step` ends the run early without saving an adapter (it simulates an
     interruption; a later call resumes from the last checkpoint).
+
+    Under `accelerate launch` with several processes this runs as DDP (see `distributed`):
+    the global batch stays `batch_size`, every process returns the same metrics, and only the
+    main process writes the checkpoints and the adapter.
     """
     from peft import get_peft_model, get_peft_model_state_dict
     from tqdm.auto import tqdm
@@ -250,14 +257,19 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     precision, autocast = _autocast(config.precision)
     cfg["precision"] = precision
 
+    procs = Processes()
     _seed_everything(config.seed)
     kind = kind_of(spec)
-    backbone = Backbone.resolve(config.backbone)
-    tokenizer = backbone.tokenizer()
-    train_split, dev_split = kind.splits(spec, seed=config.seed,
-                                         max_train=config.max_train_examples)
-    model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE.get(spec.kind), spec.kind)
+    with procs.main_first():  # the main process converts and caches the base, then the others read it
+        backbone = Backbone.resolve(config.backbone)
+        tokenizer = backbone.tokenizer()
+        train_split, dev_split = kind.splits(spec, seed=config.seed,
+                                             max_train=config.max_train_examples)
+        model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE.get(spec.kind), spec.kind)
     base_fp = fingerprint(model) if spec.is_sequence else backbone.fingerprint()
+    # Seeded again: building a base's head folder the first time draws random numbers, and the
+    # LoRA init must not depend on whether that cache was warm (nor on which process built it).
+    _seed_everything(config.seed)
     lora = lora_config(backbone.arch, spec.num_outputs, cfg, spec.kind)
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -314,18 +326,23 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
 
                 best_state = load_file(str(best_file))
     higher_is_better = spec.metric != "mse"
+    stepper = procs.wrap(model)  # training steps go through DDP; evaluation and saving use `model`
+    if procs.size > 1:  # each process its own dropout masks, as it has its own rows
+        torch.manual_seed(config.seed * 1_000_003 + procs.rank * 1009 + state["step"])
 
     eval_cost = [0.0]  # seconds the last evaluation took: the time budget keeps room for one
 
     def evaluate() -> dict[str, float]:
         t0 = time.perf_counter()
-        metrics = kind.evaluate(spec, dev_split, dev_feats,
-                                predict_outputs(model, kind, dev_ids, pad, sep_id=sep))
+        outputs = procs.map_rows(lambda ids: predict_outputs(model, kind, ids, pad, sep_id=sep),
+                                 dev_ids)
+        metrics = kind.evaluate(spec, dev_split, dev_feats, outputs)
         eval_cost[0] = time.perf_counter() - t0
         return metrics
 
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not config.progress,
-               desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state["step"],
+               disable=not (config.progress and procs.is_main), desc=f"train {spec.name}",
+               unit="step", dynamic_ncols=True)
     started = time.perf_counter() - state["seconds"]
     stopped_early = False
     step = state["step"]
@@ -333,21 +350,25 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         epoch, offset = divmod(step, steps_per_epoch)
         batches = length_grouped_batches(lengths, bs, seed=config.seed * 1000 + epoch)
         for batch in batches[offset:]:
-            input_ids, mask = collate([train_ids[i] for i in batch], pad)
+            rows, weight = procs.share(batch)
+            input_ids, mask = collate([train_ids[i] for i in rows], pad)
             with autocast():
-                logits = kind.outputs(model(**heads.model_inputs(backbone.arch, input_ids, mask, sep)))
-            loss = kind.loss(logits.float(), kind.batch_targets(train_feats, batch, input_ids.shape[1]))
-            loss.backward()
+                logits = kind.outputs(stepper(**heads.model_inputs(backbone.arch, input_ids, mask, sep)))
+            loss = kind.loss(logits.float(), kind.batch_targets(train_feats, rows, input_ids.shape[1]))
+            if weight != 1.0:
+                loss = loss * weight
+            procs.backward(loss)
             torch.nn.utils.clip_grad_norm_(clipped, 1.0)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state["seen"] += len(batch)
-            state["losses"].append((step, float(loss.detach())))
+            loss_value = procs.mean(loss)
+            state["losses"].append((step, loss_value))
             bar.update(1)
-            over_time = config.max_seconds is not None and \
-                time.perf_counter() - started + eval_cost[0] >= config.max_seconds
+            over_time = config.max_seconds is not None and procs.any(
+                time.perf_counter() - started + eval_cost[0] >= config.max_seconds)
             if step % eval_every == 0 or step == total_steps or over_time:
                 metrics = evaluate()
                 value = metrics[spec.metric]
@@ -359,9 +380,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                     best_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
                 else:
                     state["bad_evals"] += 1
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{spec.metric: f"{value:.4f}"})
+                bar.set_postfix(loss=f"{loss_value:.3f}", **{spec.metric: f"{value:.4f}"})
                 state["step"], state["seconds"] = step, time.perf_counter() - started
-                if step < total_steps:
+                if step < total_steps and procs.is_main:
                     ckpt.save(params, optimizer, state)
                     if better and best_state is not None:
                         from safetensors.torch import save_file
@@ -371,6 +392,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                     stopped_early = True
             if stop_after_step is not None and step >= stop_after_step:
                 bar.close()
+                procs.wait()  # the main process's checkpoint is complete before any exits
                 raise KeyboardInterrupt(f"stopped after step {step} (resume by training again)")
             if stopped_early or step >= total_steps:
                 break
@@ -383,9 +405,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         set_peft_model_state_dict(model, best_state)
     # The best state's dev metrics were computed when it was kept (evaluation is deterministic).
     final = state["best_metrics"] or evaluate()
-    baseline = kind.baseline(spec, train_split, dev_split) if config.baseline else {}
-    png = curves_png(state["losses"], state["evals"], spec.metric,
-                     f"{spec.name} on {backbone.name}")
+    baseline = procs.from_main(kind.baseline(spec, train_split, dev_split)
+                               if config.baseline and procs.is_main else {})
     task_meta = {
         "task": spec.to_dict(),
         "backbone": {"name": backbone.name, "arch": backbone.arch, "fingerprint": base_fp,
@@ -398,16 +419,22 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                          len(getattr(train_split, "skipped", [])),
                      "steps": step, "best_step": state["best_step"],
                      "train_seconds": round(train_seconds, 2), "examples_seen": state["seen"],
-                     "stopped_early": stopped_early},
+                     "stopped_early": stopped_early, "processes": procs.size},
         "history": {"evals": state["evals"]},
     }
-    path = save_adapter(out_dir, model, task_meta, overwrite=config.overwrite,
-                        extra_files={"curves.png": png})
-    ckpt.remove()
-    with contextlib.suppress(OSError):
-        ckpt.dir.parent.rmdir()  # only when no other task's checkpoint is in it
+    if procs.is_main:
+        png = curves_png(state["losses"], state["evals"], spec.metric,
+                         f"{spec.name} on {backbone.name}")
+        save_adapter(out_dir, model, task_meta, overwrite=config.overwrite,
+                     extra_files={"curves.png": png})
+        ckpt.remove()
+        with contextlib.suppress(OSError):
+            ckpt.dir.parent.rmdir()  # only when no other task's checkpoint is in it
+    procs.wait()  # the adapter is complete before any process returns its path
+    path = out_dir
     nbytes = (path / WEIGHTS).stat().st_size + sum(
         (path / n).stat().st_size for n in ("adapter_config.json",))
     return TrainResult(path=path, metrics=final, baseline=baseline, train_seconds=train_seconds,
                        examples_seen=state["seen"], adapter_bytes=nbytes,
-                       history={"evals": state["evals"], "best_step": state["best_step"]})
+                       history={"evals": state["evals"], "best_step": state["best_step"],
+                                "losses": state["losses"]})

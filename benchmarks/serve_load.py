@@ -1,6 +1,7 @@
 """The HTTP server under load, against a naive peft server; overload; a schema fuzz.
 
-    python benchmarks/serve_load.py [--quick] [--adapters 100] [--clients 32] [--seconds 20]
+    python benchmarks/serve_load.py [--quick] [--adapters 100] [--clients 32] [--seconds 30]
+        [--server-args "--precision bf16" ...] [--skip-overload]
 
 Setup: the embedded DistilBERT base and N adapters (LoRA r=8 on q/v plus the classifier, random
 non-zero factors: timing does not depend on training; all binary, so the naive server can
@@ -26,6 +27,7 @@ import contextlib
 import csv
 import os
 import random
+import shlex
 import socket
 import statistics
 import subprocess
@@ -156,8 +158,12 @@ def stop(proc: subprocess.Popen) -> None:
 # -- load -----------------------------------------------------------------------------------------
 
 async def drive(url: str, clients: int, seconds: float, tasks: list[str], texts: list[str],
-                seed: int = 0, on_tick=None) -> dict:
-    """`clients` concurrent loops, each sending one request after the other for `seconds`."""
+                seed: int = 0, on_tick=None, weights: list[float] | None = None,
+                on_response=None) -> dict:
+    """`clients` concurrent loops, each sending one request after the other for `seconds`.
+
+    Tasks are drawn uniformly, or by `weights`; `on_response(response)` sees every response.
+    """
     import httpx
 
     latencies: list[float] = []
@@ -169,11 +175,14 @@ async def drive(url: str, clients: int, seconds: float, tasks: list[str], texts:
         async def loop(i: int) -> None:
             rng = random.Random(seed * 1000 + i)
             while time.monotonic() < end:
-                body = {"task": rng.choice(tasks), "inputs": [rng.choice(texts)]}
+                task = rng.choice(tasks) if weights is None else rng.choices(tasks, weights)[0]
+                body = {"task": task, "inputs": [rng.choice(texts)]}
                 t = time.perf_counter()
                 try:
                     r = await client.post("/v1/predict", json=body)
                     statuses[str(r.status_code)] += 1
+                    if on_response is not None:
+                        on_response(r)
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t)
                 except httpx.HTTPError as e:
@@ -269,6 +278,11 @@ def main() -> None:
     ap.add_argument("--overload-queue", type=int, default=128,
                     help="the server's queue (inputs) in the overload phase")
     ap.add_argument("--fuzz-examples", type=int, default=50, help="per operation and mode")
+    ap.add_argument("--server-args", action="append", default=None, metavar="ARGS",
+                    help="extra `adapters-kit serve` arguments, e.g. \"--precision bf16\"; "
+                    "repeat to load several server settings in one run, each against the same "
+                    "baseline (default: the server's defaults)")
+    ap.add_argument("--skip-overload", action="store_true", help="only the load phase")
     ap.add_argument("--work", help="folder for the store and logs (default: a temporary one)")
     ap.add_argument("--baseline-server", nargs=2, metavar=("STORE", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -290,19 +304,23 @@ def main() -> None:
     record: dict = {"adapters": len(tasks), "clients": args.clients, "seconds": args.seconds,
                     "quick": args.quick, "cpus": os.cpu_count()}
 
-    # the server
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    # the server, once per setting
     log = work / "server.log"
-    server = start(["-m", "adapters_kit.cli", "serve", "--store", str(store), "--backbone",
-                    BACKBONE, "--port", str(port)], log)
-    try:
-        wait_ready(server, url, log)
-        warm(url, tasks, texts)
-        ours = asyncio.run(drive(url, args.clients, args.seconds, tasks, texts, seed=1))
-        print(f"server:   {ours}", flush=True)
-    finally:
-        stop(server)
+    variants = []
+    for extra in args.server_args or [""]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start(["-m", "adapters_kit.cli", "serve", "--store", str(store), "--backbone",
+                        BACKBONE, "--port", str(port), *shlex.split(extra)], log)
+        try:
+            wait_ready(server, url, log)
+            warm(url, tasks, texts)
+            ours = asyncio.run(drive(url, args.clients, args.seconds, tasks, texts, seed=1))
+            print(f"server {extra or '(defaults)'}: {ours}", flush=True)
+            variants.append({"server_args": extra, **ours})
+        finally:
+            stop(server)
+    ours = variants[0]
 
     # the naive baseline, same load
     port = free_port()
@@ -318,12 +336,26 @@ def main() -> None:
     finally:
         stop(baseline)
 
+    for v in variants:
+        v["rps_ratio"] = round(v["rps"] / base["rps"], 2) if base["rps"] else None
+    record.update({
+        "rps": ours["rps"], "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"],
+        "errors": ours["errors"],
+        "baseline_rps": base["rps"], "baseline_p50_ms": base["p50_ms"],
+        "baseline_p99_ms": base["p99_ms"], "baseline_errors": base["errors"],
+        "rps_ratio": ours["rps_ratio"], "variants": variants,
+    })
+    if args.skip_overload:
+        emit(record)
+        return
+
     # overload: 10 x the clients against a small queue; RSS sampled throughout
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start(["-m", "adapters_kit.cli", "serve", "--store", str(store), "--backbone",
                     BACKBONE, "--port", str(port), "--queue-inputs", str(args.overload_queue),
-                    "--max-inputs", str(min(64, args.overload_queue))], log)
+                    "--max-inputs", str(min(64, args.overload_queue)),
+                    *shlex.split(variants[0]["server_args"])], log)
     try:
         wait_ready(server, url, log)
         warm(url, tasks, texts)
@@ -341,11 +373,6 @@ def main() -> None:
         stop(server)
 
     record.update({
-        "rps": ours["rps"], "p50_ms": ours["p50_ms"], "p99_ms": ours["p99_ms"],
-        "errors": ours["errors"],
-        "baseline_rps": base["rps"], "baseline_p50_ms": base["p50_ms"],
-        "baseline_p99_ms": base["p99_ms"], "baseline_errors": base["errors"],
-        "rps_ratio": round(ours["rps"] / base["rps"], 2) if base["rps"] else None,
         "overload_clients": 10 * args.clients, "overload_seconds": args.overload_seconds,
         "overload_status_counts": over["status_counts"],
         "overload_rss_start_mb": round(before, 1), "peak_rss_mb": round(max(rss), 1),

@@ -451,6 +451,8 @@ def test_keys_file_and_open_mode_are_checked_at_start(tmp_path, store):
         ServeConfig(store=store, max_inputs=10, queue_inputs=5)
     with pytest.raises(ServeConfigError, match="not a directory"):
         ServeConfig(store=tmp_path / "nope")
+    with pytest.raises(ServeConfigError, match="precision 'fp16'.*--precision fp32"):
+        ServeConfig(store=store, precision="fp16")
     bad = tmp_path / "bad.toml"
     for text, message in (('admin_key = "short"\n[tenants.a]\nkeys=["k"*1]\ntasks=["*"]', "TOML"),
                           ('admin_key = "short"', "at least 16"),

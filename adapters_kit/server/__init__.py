@@ -4,7 +4,8 @@
 
 Modules: `config` (ServeConfig), `app` (routes, `create_app`, `serve`), `batcher` (the queue
 and the engine thread), `tenants` (keys file), `limits` (sizes), `admin` (install, replace),
-`metrics` (Prometheus), `models` (request and response schemas), `errors`.
+`metrics` (Prometheus), `models` (request and response schemas), `errors`; `ray_app` (the
+same server on Ray Serve: `adapters-kit serve --ray --replicas N`, needs the `ray` extra).
 Needs the `serve` extra: pip install "adapters-kit[serve]".
 """
 

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import sys
 import time
 from typing import Annotated
@@ -58,24 +60,75 @@ def _json(status: int, body: dict, headers: dict | None = None) -> Response:
 
 
 class Server:
-    """What the routes share: the engine, its cache and batcher, tenants, metrics, state."""
+    """What the routes share: settings, tenants, the store, metrics, state; and the engine.
+
+    This one runs the engine in this process (model, cache, batcher). The Ray Serve gateway
+    (`ray_app.RayServer`) overrides the engine methods (`start` to `unload`) to forward to
+    engine replicas; the routes, and so the HTTP contract, are the same for both.
+    """
 
     def __init__(self, config: ServeConfig, model: MultiTaskModel | None = None) -> None:
         self.config = config
         self.tenants = Tenants.load(config.keys)
         self.store = AdapterStore(config.store)
-        self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity)
-        self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
-        self.metrics = ServerMetrics(self.cache)
-        self.batcher = Batcher(self.cache, config, self.metrics)
         self.disabled: set[str] = set()  # unloaded by an admin: not served until loaded again
         self.admin_lock = asyncio.Lock()
         self.ready = False
+        self.engine_init(model)
+
+    def engine_init(self, model: MultiTaskModel | None) -> None:
+        config = self.config
+        self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity,
+                                              precision=config.precision)
+        self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
+        self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)))
+        self.batcher = Batcher(self.cache, config, self.metrics)
+        self.served_by = f"{socket.gethostname()}:{os.getpid()}"
+
+    def is_resident(self, name: str) -> bool:
+        return name in self.model.tasks
 
     def servable(self, name: str) -> bool:
         # a resident task stays servable while an admin replace swaps its store directory
         return (admin.valid_name(name) and name not in self.disabled
-                and (name in self.model.tasks or (self.store.path(name) / "task.json").is_file()))
+                and (self.is_resident(name) or (self.store.path(name) / "task.json").is_file()))
+
+    # -- the engine: what the Ray gateway forwards instead ----------------------------------------
+
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        # uvicorn has already waited for in-flight requests; run anything still queued
+        await run_in_threadpool(self.batcher.stop, self.config.shutdown_grace_s)
+
+    async def alive(self) -> bool:
+        return self.batcher.alive
+
+    async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
+        """(kind, outputs, response headers) for one request; raises ServeError."""
+        warm = self.is_resident(task)
+        kind_task, outputs = await self.batcher.submit(task, inputs, deadline)
+        return kind_task.spec.kind, outputs, served_headers(self.served_by, warm)
+
+    async def residents(self) -> dict[str, str]:
+        """Resident task -> digest of its resident version."""
+        return {name: t.digest for name, t in list(self.model.tasks.items())}
+
+    async def load(self, name: str) -> str | None:
+        """Make `name` resident; the refusal message if its adapter is refused."""
+        error = (await run_in_threadpool(self.cache.ensure_available, [name])).get(name)
+        return None if error is None else str(error)
+
+    async def install(self, name: str, source: str) -> None:
+        """Install or replace from `source` (raises ValueError/OSError, the store unchanged)."""
+        await run_in_threadpool(admin.install, self.cache, name, source)
+
+    async def unload(self, name: str) -> None:
+        await run_in_threadpool(self.cache.drop, name)
+
+    async def refresh_metrics(self) -> None:
+        """Gather figures kept elsewhere before a scrape (nothing to do in one process)."""
 
     def task_info(self, name: str) -> TaskInfo | None:
         try:
@@ -88,21 +141,26 @@ class Server:
         return TaskInfo(name=name, kind=kind, labels=list(task.get("labels", [])), input=form)
 
 
-def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> FastAPI:
-    """The FastAPI app for `config` (the engine is built here unless `model` is given)."""
-    srv = Server(config, model)
+def served_headers(served_by: str, warm: bool) -> dict[str, str]:
+    """Which engine answered, and whether the task's adapter was resident there already."""
+    return {"X-Served-By": served_by, "X-Adapter-Warm": "true" if warm else "false"}
+
+
+def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
+               server: Server | None = None) -> FastAPI:
+    """The FastAPI app for `config` (the engine is built here unless `model` or `server` is given)."""
+    srv = server or Server(config, model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         srv.store.names()  # puts back what a writer killed mid-replace left aside
-        srv.batcher.start()
+        await srv.start()
         srv.ready = True
         try:
             yield
         finally:
             srv.ready = False
-            # uvicorn has already waited for in-flight requests; run anything still queued
-            await run_in_threadpool(srv.batcher.stop, config.shutdown_grace_s)
+            await srv.stop()
 
     app = FastAPI(title="adapters-kit", version="1", lifespan=lifespan, summary=(
         "Many LoRA task adapters on one base model: predictions batched across tasks."))
@@ -169,12 +227,12 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
         inputs = [x.model_dump() if hasattr(x, "model_dump") else x for x in body.inputs]
         check_inputs(inputs, config)
         deadline = arrived + config.deadline_s
-        future = srv.batcher.submit(body.task, inputs, deadline)
         try:
-            task, outputs = await asyncio.wait_for(future, deadline - time.monotonic())
+            kind, outputs, headers = await asyncio.wait_for(
+                srv.predict(body.task, inputs, deadline), deadline - time.monotonic())
         except asyncio.TimeoutError:
             raise deadline_exceeded(config.deadline_s) from None
-        return _json(200, {"task": body.task, "kind": task.spec.kind, "outputs": outputs})
+        return _json(200, {"task": body.task, "kind": kind, "outputs": outputs}, headers)
 
     @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS,
              summary="The tasks this API key may use")
@@ -187,12 +245,11 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
 
     # -- admin ----------------------------------------------------------------------------------
 
-    def adapter_state(name: str) -> AdapterState:
-        resident = srv.model.tasks.get(name)
+    def adapter_state(name: str, residents: dict[str, str]) -> AdapterState:
         info = srv.task_info(name)
         return AdapterState(name=name, kind=info.kind if info else None,
-                            enabled=name not in srv.disabled, resident=resident is not None,
-                            digest=resident.digest if resident else None)
+                            enabled=name not in srv.disabled, resident=name in residents,
+                            digest=residents.get(name))
 
     def in_store(name: str) -> None:
         if not (admin.valid_name(name) and (srv.store.path(name) / "task.json").is_file()):
@@ -203,18 +260,19 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
              summary="Every adapter in the store, with its state", tags=["admin"])
     async def adapters(_: Admin):
         names = await run_in_threadpool(srv.store.names)
-        return AdapterList(adapters=[adapter_state(n) for n in names])
+        residents = await srv.residents()
+        return AdapterList(adapters=[adapter_state(n, residents) for n in names])
 
     @app.post("/v1/admin/adapters/{name}/load", response_model=AdapterState, responses=_ERRORS,
               summary="Load (and enable) a store adapter now", tags=["admin"])
     async def load(name: str, _: Admin):
         in_store(name)
         async with srv.admin_lock:
-            errors = await run_in_threadpool(srv.cache.ensure_available, [name])
-            if name in errors:
-                raise ServeError(422, "adapter_refused", str(errors[name]))
+            error = await srv.load(name)
+            if error is not None:
+                raise ServeError(422, "adapter_refused", error)
             srv.disabled.discard(name)
-        return adapter_state(name)
+        return adapter_state(name, await srv.residents())
 
     @app.put("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
              summary="Install or replace an adapter from a directory on the server",
@@ -225,12 +283,12 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
                              "digits, '_', '-', '.', starting with a letter or digit")
         async with srv.admin_lock:
             try:
-                await run_in_threadpool(admin.install, srv.cache, name, body.source)
+                await srv.install(name, body.source)
             except (ValueError, OSError) as e:  # AdapterFileError is a ValueError
                 # the store and the resident version are as they were
                 raise ServeError(422, "adapter_refused", str(e)) from None
             srv.disabled.discard(name)
-        return adapter_state(name)
+        return adapter_state(name, await srv.residents())
 
     @app.delete("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
                 summary="Unload an adapter and stop serving it (it stays in the store)",
@@ -239,8 +297,8 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
         in_store(name)
         async with srv.admin_lock:
             srv.disabled.add(name)
-            await run_in_threadpool(srv.cache.drop, name)
-        return adapter_state(name)
+            await srv.unload(name)
+        return adapter_state(name, await srv.residents())
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -251,13 +309,14 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None) -> Fast
     @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}},
              summary="Ready to take predictions")
     async def readyz():
-        if not (srv.ready and srv.batcher.alive):
+        if not (srv.ready and await srv.alive()):
             raise ServeError(503, "not_ready", "the server is starting or shutting down")
         return Health(status="ready")
 
     @app.get("/metrics", summary="Prometheus metrics (text format)",
              response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics():
+        await srv.refresh_metrics()
         return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return _Instrumented(BodyLimit(app, config.max_body_bytes), app, srv.metrics)

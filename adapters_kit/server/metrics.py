@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..cache import AdapterCache
+from ..cache import CacheStats
+
+CacheFigures = Callable[[], tuple[CacheStats, int]]
+"""The adapter cache's counters and the number of resident adapters, read at scrape time."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -14,11 +19,11 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class _CacheCollector:
     """Reads the adapter cache's counters at scrape time (no second copy to keep in sync)."""
 
-    def __init__(self, cache: AdapterCache) -> None:
-        self.cache = cache
+    def __init__(self, figures: CacheFigures) -> None:
+        self.figures = figures
 
     def collect(self):
-        s = self.cache.stats
+        s, resident = self.figures()
         for name, value, doc in (("hits", s.hits, "task lookups that found the adapter resident"),
                                  ("misses", s.misses, "task lookups that had to load the adapter"),
                                  ("loads", s.loads, "adapters loaded from the store"),
@@ -27,7 +32,7 @@ class _CacheCollector:
             c.add_metric([], value)
             yield c
         g = GaugeMetricFamily("adapters_kit_resident_adapters", "adapters resident in the engine")
-        g.add_metric([], len(self.cache.model.tasks))
+        g.add_metric([], resident)
         yield g
         g = GaugeMetricFamily("adapters_kit_resident_adapter_bytes",
                               "bytes of adapter files resident under the cache budget")
@@ -36,7 +41,7 @@ class _CacheCollector:
 
 
 class ServerMetrics:
-    def __init__(self, cache: AdapterCache) -> None:
+    def __init__(self, cache_figures: CacheFigures) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("adapters_kit_requests", "HTTP requests by route and status",
@@ -55,4 +60,4 @@ class ServerMetrics:
                                      buckets=_SIZE_BUCKETS, registry=r)
         self.rejected = Counter("adapters_kit_rejected", "requests refused before the engine",
                                 ["reason"], registry=r)
-        r.register(_CacheCollector(cache))
+        r.register(_CacheCollector(cache_figures))

@@ -1,0 +1,261 @@
+"""The HTTP server on Ray Serve: a gateway replica in front of N engine replicas.
+
+    adapters-kit serve --ray --replicas N --store DIR [--keys keys.toml] [--ray-address ADDR]
+
+`Gateway` runs the very app of the single-process server (`app.create_app`: routes, tenants,
+limits, error bodies, metrics), with a `RayServer` that forwards the engine's work instead of
+doing it. `EngineReplica` holds one base model, an `AdapterCache` (its own byte budget, LRU)
+and the `Batcher` (cross-request, cross-task batches within the replica).
+
+Routing uses Ray Serve model multiplexing: the gateway sends each prediction with
+`multiplexed_model_id=task`, so Ray prefers a replica that already holds the task's adapter,
+and a task new to all replicas goes to the replica holding the fewest. Ray's own per-replica
+model cap is off: the replica's cache evicts by bytes, and Ray's list of the replica's models
+is trimmed to what the cache kept. Admin load, replace and unload reach every replica
+(`DeploymentHandle.broadcast`); the store is shared, so it must be one folder every replica sees.
+
+Every response to a prediction carries `X-Served-By` (the replica) and `X-Adapter-Warm` (the
+adapter was resident there before the request); the single-process server sends them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+
+from ray import serve
+
+from ..cache import AdapterCache, CacheStats
+from ..runtime import MultiTaskModel
+from ..store import AdapterStore
+from . import admin
+from .app import Server, create_app, served_headers
+from .batcher import Batcher
+from .config import ServeConfig
+from .errors import ServeError
+from .metrics import ServerMetrics
+
+log = logging.getLogger("adapters_kit.server")
+
+APP_NAME = "adapters-kit"
+
+
+class EngineReplica:
+    """One Ray Serve replica: a base model, its adapter cache and batcher."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+        self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
+                                              precision=config.precision)
+        self.cache = AdapterCache(self.model, AdapterStore(config.store), config.cache_bytes)
+        self.batcher = Batcher(self.cache, config,
+                               ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))
+        self.batcher.start()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def check_health(self) -> None:
+        if not self.batcher.alive:
+            raise RuntimeError("the engine thread of this replica has stopped")
+
+    @serve.multiplexed(max_num_models_per_replica=-1)  # no cap: the cache's byte budget evicts
+    async def adapter(self, task: str) -> str:
+        error = (await asyncio.to_thread(self.cache.ensure_available, [task])).get(task)
+        if error is not None:
+            raise error  # not registered with Ray; the batcher answers with the error body
+        return task
+
+    def _trim_routing(self) -> None:
+        """Ray's list of this replica's models := the adapters the cache kept resident."""
+        wrapper = getattr(self, "__serve_multiplex_wrapper", None)  # Ray's LRU of our ids
+        if wrapper is None:
+            return
+        gone = [name for name in wrapper.models if name not in self.model.tasks]
+        for name in gone:
+            del wrapper.models[name]
+        if gone:
+            wrapper._push_multiplexed_replica_info = True
+
+    async def predict(self, inputs: list, seconds_left: float) -> dict:
+        """Outputs for the request's task (its multiplexed model id), or an error body."""
+        task = serve.get_multiplexed_model_id()
+        warm = task in self.model.tasks
+        with contextlib.suppress(Exception):  # a refused adapter: the batcher gives its error
+            await self.adapter(task)
+        answer = {"served_by": self.replica, "warm": warm}
+        try:
+            resident, outputs = await self.batcher.submit(task, inputs,
+                                                          time.monotonic() + seconds_left)
+        except ServeError as e:
+            return {**answer, "error": [e.status, e.code, e.message, e.headers]}
+        finally:
+            self._trim_routing()
+        return {**answer, "kind": resident.spec.kind, "outputs": outputs}
+
+    # -- admin, broadcast to every replica ------------------------------------------------------
+
+    async def load(self, name: str) -> str | None:
+        error = (await asyncio.to_thread(self.cache.ensure_available, [name])).get(name)
+        if error is not None:
+            return str(error)
+        await self.adapter(name)  # the router learns that this replica holds it
+        return None
+
+    async def install(self, name: str, source: str) -> str | None:
+        """Verify and install into the shared store (run on one replica); the error, if any."""
+        try:
+            await asyncio.to_thread(admin.install, self.cache, name, source)
+        except (ValueError, OSError) as e:
+            return str(e)
+        return None
+
+    async def reload(self, name: str) -> None:
+        """A resident `name` swaps to the store's current version (after an install)."""
+        await asyncio.to_thread(self.cache.reload, name)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.to_thread(self.cache.drop, name)
+        self._trim_routing()
+
+    async def state(self) -> dict:
+        return {"replica": self.replica, "alive": self.batcher.alive,
+                "resident": {n: t.digest for n, t in list(self.model.tasks.items())},
+                "stats": asdict(self.cache.stats)}
+
+
+class RayServer(Server):
+    """The gateway's side of the routes: the engine's work goes to the engine replicas."""
+
+    def __init__(self, config: ServeConfig, engine) -> None:
+        self.engine = engine  # the DeploymentHandle of the EngineReplica deployment
+        super().__init__(config)
+
+    def engine_init(self, model: None) -> None:
+        self._figures = (CacheStats(), 0)  # the replicas' cache figures at the last scrape
+        self.metrics = ServerMetrics(lambda: self._figures)
+
+    def is_resident(self, name: str) -> bool:
+        return False  # the store decides (an install exchanges directories atomically)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def _states(self) -> list[dict]:
+        return await self.engine.broadcast("state").results_async(timeout_s=30)
+
+    async def alive(self) -> bool:
+        with contextlib.suppress(Exception):
+            states = await self._states()
+            return bool(states) and all(s["alive"] for s in states)
+        return False
+
+    async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
+        handle = self.engine.options(multiplexed_model_id=task)
+        answer = await handle.predict.remote(inputs, deadline - time.monotonic())
+        headers = served_headers(answer["served_by"], answer["warm"])
+        if "error" in answer:
+            status, code, message, extra = answer["error"]
+            raise ServeError(status, code, message, extra)  # the same error as one process
+        return answer["kind"], answer["outputs"], headers
+
+    async def residents(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for s in await self._states():
+            found.update(s["resident"])
+        return found
+
+    async def load(self, name: str) -> str | None:
+        errors = await self.engine.broadcast("load", name).results_async(timeout_s=300)
+        return next((e for e in errors if e is not None), None)
+
+    async def install(self, name: str, source: str) -> None:
+        error = await self.engine.install.remote(name, source)
+        if error is not None:
+            raise ValueError(error)
+        await self.engine.broadcast("reload", name).results_async(timeout_s=300)
+
+    async def unload(self, name: str) -> None:
+        await self.engine.broadcast("unload", name).results_async(timeout_s=300)
+
+    async def refresh_metrics(self) -> None:
+        total, resident = CacheStats(), 0
+        for s in await self._states():
+            for key, value in s["stats"].items():
+                setattr(total, key, getattr(total, key) + value)
+            resident += len(s["resident"])
+        self._figures = (total, resident)
+
+
+@serve.ingress()
+class Gateway:
+    """The HTTP ingress: the single-process server's app over a `RayServer`."""
+
+    def __init__(self, config: ServeConfig, engine) -> None:
+        self.config = config
+        self.server = RayServer(config, engine)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.config, server=self.server)
+
+
+def build(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0):
+    """The Ray Serve application: a gateway and `replicas` engine replicas."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    # Both deployments take many requests at once: the batcher's bounded queue answers 429,
+    # and a replica that holds a task's adapter stays the router's choice under load.
+    ongoing = config.queue_inputs
+    grace = config.shutdown_grace_s
+    engine = serve.deployment(EngineReplica, name="AdapterEngine", num_replicas=replicas,
+                              max_ongoing_requests=ongoing, graceful_shutdown_timeout_s=grace,
+                              ray_actor_options={"num_cpus": replica_cpus})
+    gateway = serve.deployment(Gateway, name="Gateway", num_replicas=1,
+                               max_ongoing_requests=ongoing, graceful_shutdown_timeout_s=grace,
+                               ray_actor_options={"num_cpus": 0})
+    return gateway.bind(config, engine.bind(config))
+
+
+def start(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0) -> None:
+    """Deploy on the Ray instance this process is connected to (call `ray.init` first)."""
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build(config, replicas, replica_cpus), name=APP_NAME, route_prefix="/")
+
+
+def serve_ray(config: ServeConfig, replicas: int, address: str | None = None) -> None:
+    """Run on Ray until SIGTERM/SIGINT: join the cluster at `address` (or RAY_ADDRESS), or
+    start a local Ray instance; then delete the application (and stop a local instance)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    if config.keys is None:
+        print(f"adapters-kit serve --ray: no keys file, so listening on loopback only "
+              f"({config.host}); every local caller may use every task and the admin routes. "
+              "Pass --keys FILE.toml to serve tenants.", file=sys.stderr, flush=True)
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    try:
+        start(config, replicas)
+        print(f"adapters-kit serve --ray: {replicas} engine replica(s) on {where}, store "
+              f"{config.store}, base {config.backbone}; http://{config.host}:{config.port}/docs",
+              file=sys.stderr, flush=True)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
+        if not address:
+            serve.shutdown()
+        ray.shutdown()
