@@ -168,8 +168,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"adapters-kit: error: --ray needs Ray Serve ({e.name} is missing): "
               'pip install "adapters-kit[ray]"', file=sys.stderr)
         return 2
-    if args.torch_threads is None:  # each replica its share of this machine's cores
-        config.torch_threads = max(1, (os.cpu_count() or 1) // (args.replicas or 1))
     serve_ray(config, args.replicas or 1, args.ray_address)
     return 0
 

@@ -152,3 +152,8 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (shared data sits beside the checkout)")
     return path
+
+
+# The server tests' adapters (every kind, plus broken copies), trained once per session. Defined
+# here (at the end: the module imports the helpers above) so both server test modules share it.
+from server_adapters import adapters  # noqa: E402, F401

@@ -20,6 +20,7 @@ serve = pytest.importorskip("ray.serve", reason='Ray Serve is not installed: pip
 httpx = pytest.importorskip("httpx")
 
 from conftest import quick  # noqa: E402
+from server_adapters import _specs  # noqa: E402
 from test_server import (  # noqa: E402, F401 (fixtures)
     ACME_KEY,
     ADMIN_KEY,
@@ -27,8 +28,6 @@ from test_server import (  # noqa: E402, F401 (fixtures)
     GLOBEX_KEY,
     GOOD,
     INPUTS,
-    _specs,
-    adapters,
     assert_same_outputs,
     free_port,
     running,
@@ -61,7 +60,7 @@ def _auth(key: str = ADMIN_KEY) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_store(tmp_path_factory, adapters, tiny_distilbert) -> tuple[Path, Path]:  # noqa: F811
+def ray_store(tmp_path_factory, adapters, tiny_distilbert) -> tuple[Path, Path]:
     """(store, keys file): the five kinds, four seed variants and a corrupt adapter."""
     root = tmp_path_factory.mktemp("ray-store")
     store = root / "store"
@@ -195,7 +194,7 @@ def test_the_http_contract_is_the_single_process_servers(ray_url, ray_store, tin
 
 
 @pytest.mark.slow
-def test_admin_replace_and_unload_reach_every_replica(ray_url, adapters, engine):  # noqa: F811
+def test_admin_replace_and_unload_reach_every_replica(ray_url, adapters, engine):
     task = "tiny_sentiment"
     engine.load(adapters["tiny_sentiment_v2"], name="v2")
     want = engine.predict("v2", INPUTS[task])

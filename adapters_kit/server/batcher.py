@@ -150,7 +150,7 @@ class Batcher:
     def _work(self) -> None:
         import torch
 
-        torch.set_num_threads(self.config.torch_threads)  # see ServeConfig.torch_threads
+        torch.set_num_threads(self.config.engine_threads())  # see ServeConfig.torch_threads
         while True:
             batch = self._gather()
             if batch is None:

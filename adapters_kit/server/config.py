@@ -59,9 +59,9 @@ class ServeConfig:
     cache_bytes: int = 512 << 20
     """Budget of resident adapter files; least recently used adapters are unloaded beyond it."""
     torch_threads: int = 0
-    """Intra-op threads of the engine thread; 0: every core. The HTTP side needs little (a
-    profile under load put the engine thread at 95% of the server's samples), and on the 2-core
-    machine 2 threads served 1.43x the requests of 1 (benchmarks/serve_load.py)."""
+    """Intra-op threads of the engine thread; 0: every core (on Ray: cores / replicas). The
+    HTTP side needs little (a profile under load put the engine thread at 95% of the server's
+    samples), and on the 2-core machine 2 threads served 1.43x the requests of 1."""
     precision: str = "fp32"
     """The engine's matmul precision: fp32 (matches plain peft within 1e-5) or bf16 (autocast;
     about 2x faster matmuls on CPUs with bf16 units, outputs move by bf16 rounding)."""
@@ -75,8 +75,6 @@ class ServeConfig:
         if self.keys is not None:
             self.keys = Path(self.keys)
         problems = []
-        if self.torch_threads == 0:
-            self.torch_threads = os.cpu_count() or 1
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}; "
                             "pass --precision fp32 (exact) or bf16 (faster)")
@@ -96,10 +94,14 @@ class ServeConfig:
             value = getattr(self, f.name)
             if f.name == "port" or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if value <= 0:
+            if value < 0 or (value == 0 and f.name != "torch_threads"):  # threads 0: auto
                 problems.append(f"{f.name} must be > 0, got {value}")
         if self.max_inputs > self.queue_inputs:
             problems.append(f"max_inputs {self.max_inputs} exceeds queue_inputs "
                             f"{self.queue_inputs}: such a request could never be queued")
         if problems:
             raise ServeConfigError("server settings refused:\n  " + "\n  ".join(problems))
+
+    def engine_threads(self, replicas: int = 1) -> int:
+        """The torch threads of one engine: `torch_threads`, or its share of the cores."""
+        return self.torch_threads or max(1, (os.cpu_count() or 1) // replicas)

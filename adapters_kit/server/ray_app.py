@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ray import serve
 
@@ -55,12 +55,13 @@ class EngineReplica:
 
         torch.set_num_threads(config.torch_threads)
         self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
-                                              precision=config.precision)
+                                    precision=config.precision)
         self.cache = AdapterCache(self.model, AdapterStore(config.store), config.cache_bytes)
         self.batcher = Batcher(self.cache, config,
                                ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))
         self.batcher.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self._evictions_seen = 0
 
     def check_health(self) -> None:
         if not self.batcher.alive:
@@ -73,8 +74,14 @@ class EngineReplica:
             raise error  # not registered with Ray; the batcher answers with the error body
         return task
 
-    def _trim_routing(self) -> None:
-        """Ray's list of this replica's models := the adapters the cache kept resident."""
+    def _trim_routing(self, force: bool = False) -> None:
+        """Ray's list of this replica's models := the adapters the cache kept resident.
+
+        Per request only when the cache evicted something since the last trim."""
+        evictions = self.cache.stats.evictions
+        if not force and evictions == self._evictions_seen:
+            return
+        self._evictions_seen = evictions
         wrapper = getattr(self, "__serve_multiplex_wrapper", None)  # Ray's LRU of our ids
         if wrapper is None:
             return
@@ -123,7 +130,7 @@ class EngineReplica:
 
     async def unload(self, name: str) -> None:
         await asyncio.to_thread(self.cache.drop, name)
-        self._trim_routing()
+        self._trim_routing(force=True)
 
     async def state(self) -> dict:
         return {"replica": self.replica, "alive": self.batcher.alive,
@@ -213,6 +220,8 @@ def build(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0):
     """The Ray Serve application: a gateway and `replicas` engine replicas."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
+    # replicas share the machine: each defaults to its share of the cores
+    config = replace(config, torch_threads=config.engine_threads(replicas))
     # Both deployments take many requests at once: the batcher's bounded queue answers 429,
     # and a replica that holds a task's adapter stays the router's choice under load.
     ongoing = config.queue_inputs
