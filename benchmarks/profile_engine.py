@@ -26,11 +26,13 @@ from adapters_kit import MultiTaskModel  # noqa: E402
 from adapters_kit.backbones import Backbone  # noqa: E402
 
 RANK = 8
-LORA_OPS = {"aten::index", "aten::index_select", "aten::bmm", "aten::baddbmm_", "aten::baddbmm"}
+LORA_OPS = {"aten::index", "aten::bmm", "aten::baddbmm_", "aten::baddbmm"}
 
 
 def is_lora(event) -> bool:
     shapes = [s for s in (event.input_shapes or []) if s]
+    if event.key == "aten::index_select":  # the bank's slot gathers; not the embedding lookups
+        return bool(shapes) and len(shapes[0]) == 3
     if event.key in LORA_OPS:
         return True
     return event.key in ("aten::mm", "aten::addmm_", "aten::addmm") and any(
