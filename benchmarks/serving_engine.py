@@ -6,12 +6,15 @@ Backbones: a DistilBERT-base-shaped model (768 wide, 6 layers) and the ALBERT-ba
 768-wide layer shared 12 times), randomly initialised. Adapters: LoRA r=8 on q/v plus the
 small head, random non-zero weights (timing does not depend on training).
 
-Measured, each as a ratio against a baseline timed in the same run (interleaved, median):
-  P1  engine time / merged-model time for one batch, K distinct adapters in the batch;
-      also peft's `adapter_names=` mixed batch and peft `set_adapter` per group. Shown three
-      ways: ratio of medians (`p1_worst_ratio`), ratio of minima, and the median of per-
-      repetition ratios (`p1_worst_ratio_paired`: each pair ran back to back, so slow drifts
-      of this shared machine cancel);
+Measured, each as a ratio against a baseline timed in the same run:
+  P1  engine time / merged-model time for one batch, K distinct adapters in the batch. Timed
+      in rounds of merged, engine, engine, merged: each round gives one ratio in which the
+      shared machine's drift over the round cancels, and `p1_worst_ratio` is the worst cell's
+      median round ratio, with a distribution-free 95% confidence interval of that median
+      (`p1_worst_ratio_ci95_high` is the highest upper bound of any cell). The ratio of
+      medians and of minima are printed beside it. peft's `adapter_names=` mixed batch and
+      peft `set_adapter` per group are timed interleaved with the merged model (ratio of
+      medians, fewer repetitions: they are the comparison, not the target);
   P2  cold swap: adapter directory on disk -> servable, with 1, 100 and 1000 resident;
   P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter;
   memory: bytes per resident adapter, and how many fit.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import statistics
 import tempfile
@@ -62,29 +66,54 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
     return random_adapters(backbone, work / backbone.arch, k)
 
 
-def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict[str, float], dict]:
-    """(median, min, samples) seconds per function, the functions taking turns so drift hits
-    all alike."""
-    for fn in fns.values():
-        fn()
+def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict]:
+    """(median seconds, samples) per function, the functions taking turns so drift hits all
+    alike."""
     samples = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - t)
-    return ({k: statistics.median(v) for k, v in samples.items()},
-            {k: min(v) for k, v in samples.items()}, samples)
+    return {k: statistics.median(v) for k, v in samples.items()}, samples
 
 
-def paired_ratio(samples: dict, name: str, base: str = "merged") -> float:
-    """Median over repetitions of (name's time / the baseline's time in the same repetition):
-    the two ran back to back, so the machine's slow drifts cancel within each pair."""
-    return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
+def abba(base, other, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Time `base` and `other` in rounds of base, other, other, base.
+
+    Returns (base samples, other samples, one ratio per round). Each round's ratio,
+    (other1 + other2) / (base1 + base2), cancels any drift of the machine that is linear over
+    the round's four runs; the median over rounds then discards the rounds a burst from a
+    neighbour hit.
+    """
+    a_s, b_s, ratios = [], [], []
+    for _ in range(rounds):
+        times = []
+        for fn in (base, other, other, base):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        a_s += [times[0], times[3]]
+        b_s += [times[1], times[2]]
+        ratios.append((times[1] + times[2]) / (times[0] + times[3]))
+    return a_s, b_s, ratios
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free confidence interval of the median (order statistics of a binomial):
+    None when there are too few values for the level."""
+    xs, n = sorted(values), len(values)
+    k, tail = 0, 0.0
+    while True:  # largest k with P(Bin(n, 1/2) <= k - 1) <= (1 - level) / 2
+        tail_next = tail + math.comb(n, k) / 2**n
+        if tail_next > (1 - level) / 2:
+            break
+        tail, k = tail_next, k + 1
+    return (xs[k - 1], xs[n - k]) if k >= 1 else None
 
 
 def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[int],
-       reps: int) -> list[dict]:
+       reps: int, peft_reps: int) -> list[dict]:
     from peft import PeftModel
 
     engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
@@ -124,25 +153,33 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                     peft_model.set_adapter(name)
                     peft_model(input_ids=ids[idx], attention_mask=mask[idx])
 
-        t, best, samples = interleaved({"merged": run_merged, "engine": run_engine,
-                                        "peft_mixed": run_peft_mixed,
-                                        "peft_groups": run_peft_groups}, reps)
+        for fn in (run_merged, run_engine, run_peft_mixed, run_peft_groups):
+            fn()  # warm-up: allocator, thread pool, first-call paths
+        gc.collect()
+        gc.disable()  # a collection inside one timed run would land on whichever ran then
+        try:
+            merged_s, engine_s, ratios = abba(run_merged, run_engine, reps)
+            t, _ = interleaved({"merged": run_merged, "peft_mixed": run_peft_mixed,
+                                "peft_groups": run_peft_groups}, peft_reps)
+        finally:
+            gc.enable()
+        ci = median_ci(ratios)
+        med = statistics.median
         row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
                "k_in_batch": len(groups),
-               "merged_ms": round(t["merged"] * 1e3, 2),
-               "engine_ratio": round(t["engine"] / t["merged"], 4),
-               "engine_ratio_paired": round(paired_ratio(samples, "engine"), 4),
-               "peft_mixed_ratio_paired": round(paired_ratio(samples, "peft_mixed"), 4),
+               "merged_ms": round(med(merged_s) * 1e3, 2),
+               "engine_ratio": round(med(ratios), 4),
+               "engine_ratio_ci95": [round(c, 4) for c in ci] if ci else None,
+               "engine_ratio_of_medians": round(med(engine_s) / med(merged_s), 4),
+               "engine_ratio_min": round(min(engine_s) / min(merged_s), 4),
                "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
-               "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4),
-               "engine_ratio_min": round(best["engine"] / best["merged"], 4),
-               "peft_mixed_ratio_min": round(best["peft_mixed"] / best["merged"], 4)}
+               "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(too few rounds)"
         print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
-              f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} | peft mixed "
-              f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f} "
-              f"(min-of-{reps}: engine x{row['engine_ratio_min']:.3f}, peft mixed "
-              f"x{row['peft_mixed_ratio_min']:.3f}; paired median: engine "
-              f"x{row['engine_ratio_paired']:.3f}, peft mixed x{row['peft_mixed_ratio_paired']:.3f})",
+              f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} "
+              f"95% CI {ci_text} (ratio of medians x{row['engine_ratio_of_medians']:.3f}, "
+              f"of minima x{row['engine_ratio_min']:.3f}) | peft mixed "
+              f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f}",
               flush=True)
         rows.append(row)
     gc.collect()
@@ -213,13 +250,17 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and adapters")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None,
+                    help="P1 rounds of merged, engine, engine, merged per cell (default 12)")
+    ap.add_argument("--peft-reps", type=int, default=None,
+                    help="interleaved repetitions of the peft comparisons per cell (default 5)")
     ap.add_argument("--skip-p1", action="store_true", help="only P2/P3/memory")
     ap.add_argument("--skip-p2", action="store_true", help="only P1")
     ap.add_argument("--resident", type=int, default=None,
                     help="largest resident count for P2/memory (default 2000 distilbert, 10000 albert)")
     args = ap.parse_args()
-    reps = args.reps or (3 if args.quick else 7)
+    reps = args.reps or (3 if args.quick else 12)
+    peft_reps = args.peft_reps or (2 if args.quick else 5)
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     result = {"p1": [], "p2": {}, "memory": {}}
@@ -232,25 +273,26 @@ def main() -> None:
         ks = [1, 8] if args.quick else [1, 8, 64]
         for batch, length in ((32, 128), (64, 32)):
             if not args.skip_p1:
-                result["p1"] += p1(backbone, paths, batch, length, ks, reps)
+                result["p1"] += p1(backbone, paths, batch, length, ks, reps, peft_reps)
         if args.skip_p2:
             continue
         top = args.resident or (100 if args.quick else (2000 if arch == "distilbert" else 10000))
         counts = [c for c in (1, 100, 1000, top) if c <= top]
         print(f"[{arch}] P2/P3/memory", flush=True)
         result["p2"][arch] = p2_p3_memory(backbone, paths, sorted(set(counts)))
-    p1_rows = result["p1"] or [{"engine_ratio": None, "engine_ratio_min": None,
-                                "engine_ratio_paired": None,
-                                "peft_mixed_ratio": None, "peft_groups_ratio": None}]
+    p1_rows = result["p1"]
 
     def worst(key):
         values = [r[key] for r in p1_rows if r[key] is not None]
         return max(values) if values else None
 
+    ci_highs = [r["engine_ratio_ci95"][1] for r in p1_rows if r["engine_ratio_ci95"]]
+
     emit({
         "p1_worst_ratio": worst("engine_ratio"),
+        "p1_worst_ratio_ci95_high": max(ci_highs) if ci_highs else None,
+        "p1_worst_ratio_of_medians": worst("engine_ratio_of_medians"),
         "p1_worst_ratio_min_of_n": worst("engine_ratio_min"),
-        "p1_worst_ratio_paired": worst("engine_ratio_paired"),
         "peft_mixed_worst_ratio": worst("peft_mixed_ratio"),
         "peft_groups_worst_ratio": worst("peft_groups_ratio"),
         "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3)
