@@ -1,0 +1,62 @@
+"""The LoRA bank's three ways of adding an adapter give the sum LoRA defines."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adapters_kit.lora_bank import LoraBankLinear, Router
+
+D_IN, D_OUT = 24, 40
+
+
+def make_bank() -> tuple[nn.Linear, LoraBankLinear, Router, dict]:
+    torch.manual_seed(0)
+    base = nn.Linear(D_IN, D_OUT)
+    router = Router()
+    bank = LoraBankLinear(base, router)
+    factors = {}
+    for slot, rank, scale in ((1, 8, 2.0), (2, 4, 0.5)):  # ranks differ: slot 2 is padded
+        a, b = 0.1 * torch.randn(rank, D_IN), 0.1 * torch.randn(D_OUT, rank)
+        bank.set_slot(slot, a, b, scale, capacity=4)
+        factors[slot] = (a, b, scale)
+    return base, bank, router, factors
+
+
+def lora(base: nn.Linear, factors: dict, slot: int, x: torch.Tensor) -> torch.Tensor:
+    """y = W x + b + scale * B A x, written out plainly."""
+    if slot == 0:
+        return base(x)
+    a, b, scale = factors[slot]
+    return base(x) + scale * (x @ a.T) @ b.T
+
+
+@torch.inference_mode()
+def test_single_merged_single_unmerged_and_mixed_paths_agree_with_the_formula():
+    base, bank, router, factors = make_bank()
+    short, long = 1, 64  # positions per row: below and above the merge threshold
+    assert not bank.merges_for(2 * short) and bank.merges_for(2 * long)
+    for tokens in (short, long):
+        x = torch.randn(2, tokens, D_IN)
+        for slots in ([1, 1], [2, 2], [0, 0], [1, 2], [2, 0]):
+            with router.route(slots):
+                got = bank(x)
+            for row, slot in enumerate(slots):
+                torch.testing.assert_close(got[row], lora(base, factors, slot, x[row]),
+                                           rtol=0, atol=1e-5)
+    with router.route([1, 1]):  # 2-D inputs [tokens, d_in] too
+        x2 = torch.randn(long, D_IN)
+        torch.testing.assert_close(bank(x2), lora(base, factors, 1, x2), rtol=0, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_merged_pass_leaves_the_base_weight_and_the_banks_untouched():
+    base, bank, router, _ = make_bank()
+    weight, banks = base.weight.clone(), [t.clone() for t in bank._banks]
+    with router.route([1, 1]):
+        bank(torch.randn(2, 64, D_IN))
+    assert torch.equal(base.weight, weight)
+    assert all(torch.equal(t, u) for t, u in zip(bank._banks, banks))
+    with router.route([0, 0]):  # no adapter afterwards: the plain base again
+        x = torch.randn(2, 64, D_IN)
+        torch.testing.assert_close(bank(x), base(x), rtol=0, atol=0)
