@@ -136,6 +136,8 @@ class LoraBankLinear(nn.Module):
         if single is not None:
             if single == 0 or single >= capacity:
                 return out
+            # One BLAS call adds the second factor straight into the base output: no delta
+            # tensor, no separate add pass.
             flat = out.view(-1, out.shape[-1])  # [N, d_out]
             h = x.reshape(-1, x.shape[-1]) @ bank_a[single].to(x.dtype).T  # [N, r]
             # in-place ops are outside autocast: under bf16 every operand takes out's dtype

@@ -15,7 +15,8 @@ Measured, each as a ratio against a baseline timed in the same run:
       medians and of minima are printed beside it. peft's `adapter_names=` mixed batch and
       peft `set_adapter` per group are timed interleaved with the merged model (ratio of
       medians, fewer repetitions: they are the comparison, not the target);
-  P2  cold swap: adapter directory on disk -> servable, with 1, 100 and 1000 resident;
+  P2  cold swap: adapter directory on disk -> servable, with 1, 100, 1000 and 2000 (ALBERT
+      10000) resident: median of 21 loads spread over a second;
   P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter;
   memory: bytes per resident adapter, and how many fit.
 The last line printed is one JSON object.
@@ -206,15 +207,17 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
             engine.load(paths[loaded % len(paths)], name=f"r{loaded}")
             loaded += 1
         times = []
-        for j in range(5):  # load one more (from disk), time it, take it out again
+        for j in range(21):  # load one more (from disk), time it, take it out again
             name = f"probe{j}"
+            time.sleep(0.05)  # spread over a second: one burst from a neighbour hits few probes
             t = time.perf_counter()
             engine.load(paths[j % len(paths)], name=name)
             times.append(time.perf_counter() - t)
             engine.unload(name)
         cold[target] = statistics.median(times) * 1e3
-        print(f"  {backbone.arch:<10} cold load with {target:>5} resident: {cold[target]:.2f} ms",
-              flush=True)
+        print(f"  {backbone.arch:<10} cold load with {target:>5} resident: {cold[target]:.2f} ms "
+              f"(median of {len(times)}; fastest {min(times) * 1e3:.2f}, slowest "
+              f"{max(times) * 1e3:.2f})", flush=True)
     rss_per_adapter = (rss_bytes() - rss0) / max(1, loaded)
     head_bytes = statistics.mean(t.head_weight.nbytes for t in engine.tasks.values())
     per_adapter = engine.slot_bytes() + head_bytes
