@@ -207,7 +207,7 @@ def read_adapter(path: str | Path) -> AdapterFiles:
         raise _refuse(path, f"format_version {task.get('format_version')!r} is not "
                       f"{FORMAT_VERSION}", "upgrade adapters-kit or re-export the adapter")
     try:
-        tensors = load(checked[WEIGHTS])
+        tensors = dict(sorted(load(checked[WEIGHTS]).items()))  # same order in every process
     except (SafetensorError, OSError, ValueError) as e:
         raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
                       "copy the adapter again; the file may be truncated") from e
