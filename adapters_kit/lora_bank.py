@@ -36,17 +36,25 @@ class Router:
     def single(self) -> int | None:
         return getattr(self._local, "single", None)
 
+    @property
+    def merged(self) -> dict:
+        """Weights merged for the current pass, per bank: ALBERT's shared layer runs at every
+        depth, and merges its adapter once per pass, not once per depth."""
+        return getattr(self._local, "merged", None)
+
     @contextlib.contextmanager
     def route(self, slots: list[int]) -> Iterator[None]:
         """Route row i to `slots[i]` for the duration of a forward pass."""
         distinct = set(slots)
         self._local.rows = torch.tensor(slots, dtype=torch.long)  # [B]
         self._local.single = slots[0] if len(distinct) == 1 else None
+        self._local.merged = {}
         try:
             yield
         finally:
             self._local.rows = None
             self._local.single = None
+            self._local.merged = None
 
 
 class LoraBankLinear(nn.Module):
@@ -126,9 +134,12 @@ class LoraBankLinear(nn.Module):
         if (rows is not None and single is not None and 0 < single < capacity
                 and self.merges_for(x.numel() // x.shape[-1])):
             # W + B A for this pass only, then the one GEMM a merged model runs. The merged
-            # weight is a fresh tensor: passes in other threads never see it.
-            weight = torch.addmm(self.base.weight, bank_b[single].to(self.base.weight.dtype),
-                                 bank_a[single].to(self.base.weight.dtype))
+            # weight is a fresh tensor kept in this thread's route: other passes never see it.
+            weight = self.router.merged.get(self)
+            if weight is None:
+                weight = torch.addmm(self.base.weight, bank_b[single].to(self.base.weight.dtype),
+                                     bank_a[single].to(self.base.weight.dtype))
+                self.router.merged[self] = weight
             return nn.functional.linear(x, weight, self.base.bias)
         out = self.base(x)
         if rows is None or capacity == 0:

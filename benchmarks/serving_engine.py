@@ -67,16 +67,15 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
     return random_adapters(backbone, work / backbone.arch, k)
 
 
-def interleaved(fns: dict, reps: int) -> tuple[dict[str, float], dict]:
-    """(median seconds, samples) per function, the functions taking turns so drift hits all
-    alike."""
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds per function, the functions taking turns so drift hits all alike."""
     samples = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
             samples[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in samples.items()}, samples
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def abba(base, other, rounds: int) -> tuple[list[float], list[float], list[float]]:
@@ -160,8 +159,8 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         gc.disable()  # a collection inside one timed run would land on whichever ran then
         try:
             merged_s, engine_s, ratios = abba(run_merged, run_engine, reps)
-            t, _ = interleaved({"merged": run_merged, "peft_mixed": run_peft_mixed,
-                                "peft_groups": run_peft_groups}, peft_reps)
+            t = interleaved({"merged": run_merged, "peft_mixed": run_peft_mixed,
+                             "peft_groups": run_peft_groups}, peft_reps)
         finally:
             gc.enable()
         ci = median_ci(ratios)

@@ -57,6 +57,21 @@ def test_a_merged_pass_leaves_the_base_weight_and_the_banks_untouched():
         bank(torch.randn(2, 64, D_IN))
     assert torch.equal(base.weight, weight)
     assert all(torch.equal(t, u) for t, u in zip(bank._banks, banks))
+    assert router.merged is None  # the pass's merged weights end with the pass
     with router.route([0, 0]):  # no adapter afterwards: the plain base again
         x = torch.randn(2, 64, D_IN)
         torch.testing.assert_close(bank(x), base(x), rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_a_layer_run_at_every_depth_merges_once_per_pass():
+    """ALBERT's shared layer: each depth reuses the pass's merge and still gets the LoRA sum."""
+    base, bank, router, factors = make_bank()
+    x = torch.randn(2, 64, D_IN)
+    with router.route([1, 1]):
+        for _ in range(3):
+            torch.testing.assert_close(bank(x), lora(base, factors, 1, x), rtol=0, atol=1e-5)
+            x = torch.tanh(bank(x))[..., :D_IN]  # the next depth's input differs
+        assert list(router.merged) == [bank]
+    with router.route([2, 2]):  # the next pass merges its own adapter
+        torch.testing.assert_close(bank(x), lora(base, factors, 2, x), rtol=0, atol=1e-5)

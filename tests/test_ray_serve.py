@@ -30,6 +30,7 @@ from test_server import (  # noqa: E402, F401 (fixtures)
     INPUTS,
     assert_same_outputs,
     free_port,
+    keys_toml,
     running,
 )
 
@@ -39,16 +40,7 @@ from adapters_kit import MultiTaskModel, train  # noqa: E402
 VARIANTS = {f"{base}_s{seed}": (base, seed) for base in ("tiny_sentiment", "tiny_topic")
             for seed in (11, 12)}
 TASKS = GOOD + list(VARIANTS)
-KEYS = f'''admin_key = "{ADMIN_KEY}"
-
-[tenants.acme]
-keys = ["{ACME_KEY}"]
-tasks = ["tiny_sentiment*", "tiny_t*"]
-
-[tenants.globex]
-keys = ["{GLOBEX_KEY}"]
-tasks = ["tiny_ner"]
-'''
+KEYS = keys_toml(["tiny_sentiment*", "tiny_t*"])
 
 
 def _inputs(task: str) -> list:

@@ -42,6 +42,13 @@ ACME_KEY = "acme-key-0123456789abcdef"
 GLOBEX_KEY = "globex-key-0123456789abcdef"
 
 
+def keys_toml(acme_tasks: list[str]) -> str:
+    """A keys file: the admin key, tenant acme (these task patterns), tenant globex (tiny_ner)."""
+    return (f'admin_key = "{ADMIN_KEY}"\n\n[tenants.acme]\nkeys = ["{ACME_KEY}"]\n'
+            f"tasks = {json.dumps(acme_tasks)}\n\n"
+            f'[tenants.globex]\nkeys = ["{GLOBEX_KEY}"]\ntasks = ["tiny_ner"]\n')
+
+
 # -- adapters: trained for real, once per session (tests/server_adapters.py) ------------------
 
 @pytest.fixture()
@@ -309,16 +316,7 @@ def test_generated_requests_from_the_openapi_spec_never_get_a_5xx(store, tiny_di
 @pytest.fixture()
 def keys_file(tmp_path) -> Path:
     path = tmp_path / "keys.toml"
-    path.write_text(f'''admin_key = "{ADMIN_KEY}"
-
-[tenants.acme]
-keys = ["{ACME_KEY}"]
-tasks = ["tiny_sentiment", "tiny_t*"]
-
-[tenants.globex]
-keys = ["{GLOBEX_KEY}"]
-tasks = ["tiny_ner"]
-''')
+    path.write_text(keys_toml(["tiny_sentiment", "tiny_t*"]))
     return path
 
 
