@@ -7,13 +7,17 @@ Backbones: a DistilBERT-base-shaped model (768 wide, 6 layers) and the ALBERT-ba
 small head, random non-zero weights (timing does not depend on training).
 
 Measured, each as a ratio against a baseline timed in the same run:
-  P1  engine time / merged-model time for one batch, K distinct adapters in the batch. Timed
-      in rounds of merged, engine, engine, merged: each round gives one ratio in which the
-      shared machine's drift over the round cancels, and `p1_worst_ratio` is the worst cell's
-      median round ratio, with a distribution-free 95% confidence interval of that median
-      (`p1_worst_ratio_ci95_high` is the highest upper bound of any cell). The ratio of
-      medians and of minima are printed beside it. peft's `adapter_names=` mixed batch and
-      peft `set_adapter` per group are timed interleaved with the merged model (ratio of
+  P1  engine time / merged-model time for one batch, K distinct adapters in the batch. The
+      engine's pass and the merged model's pass run in lock-step (`_lockstep.py`): each
+      linear layer of one, then of the other, in ABBA order, so the shared machine's drift,
+      correlated over seconds, hits both alike. Each pass pair gives one ratio of the two
+      passes' total times; `p1_worst_ratio` is the worst cell's median ratio, with a
+      distribution-free 95% confidence interval of that median (`p1_worst_ratio_ci95_high`
+      is the highest upper bound of any cell). `lockstep_vs_alone` checks that the
+      interleaving itself costs nothing: the merged pass's lock-step time over its time
+      alone. `--reps N` adds the plain whole-batch measure (rounds of merged, engine,
+      engine, merged) as a cross-check. peft's `adapter_names=` mixed batch and peft
+      `set_adapter` per group are timed interleaved with the merged model (ratio of
       medians, fewer repetitions: they are the comparison, not the target);
   P2  cold swap: adapter directory on disk -> servable, with 1, 100, 1000 and 2000 (ALBERT
       10000) resident: median of 21 loads spread over a second;
@@ -37,6 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from _common import emit, median_seconds, random_adapters  # noqa: E402
+from _lockstep import linears, lockstep  # noqa: E402
 
 from adapters_kit import MultiTaskModel  # noqa: E402
 from adapters_kit.backbones import Backbone  # noqa: E402
@@ -113,7 +118,7 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] |
 
 
 def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[int],
-       reps: int, peft_reps: int) -> list[dict]:
+       passes: int, reps: int, peft_reps: int) -> list[dict]:
     from peft import PeftModel
 
     engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
@@ -158,7 +163,15 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         gc.collect()
         gc.disable()  # a collection inside one timed run would land on whichever ran then
         try:
-            merged_s, engine_s, ratios = abba(run_merged, run_engine, reps)
+            ratios, merged_lockstep = [], []
+            for i in range(passes):  # who starts alternates
+                if i % 2 == 0:
+                    m_seg, e_seg = lockstep(run_merged, merged, run_engine, engine.model, at=linears)
+                else:
+                    e_seg, m_seg = lockstep(run_engine, engine.model, run_merged, merged, at=linears)
+                ratios.append(sum(e_seg) / sum(m_seg))
+                merged_lockstep.append(sum(m_seg))
+            whole = abba(run_merged, run_engine, reps)[2] if reps else None
             t = interleaved({"merged": run_merged, "peft_mixed": run_peft_mixed,
                              "peft_groups": run_peft_groups}, peft_reps)
         finally:
@@ -167,20 +180,20 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         med = statistics.median
         row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
                "k_in_batch": len(groups),
-               "merged_ms": round(med(merged_s) * 1e3, 2),
+               "merged_ms": round(t["merged"] * 1e3, 2),
                "engine_ratio": round(med(ratios), 4),
                "engine_ratio_ci95": [round(c, 4) for c in ci] if ci else None,
-               "engine_ratio_of_medians": round(med(engine_s) / med(merged_s), 4),
-               "engine_ratio_min": round(min(engine_s) / min(merged_s), 4),
+               "lockstep_vs_alone": round(med(merged_lockstep) / t["merged"], 4),
+               "engine_ratio_whole_batch": round(med(whole), 4) if whole else None,
                "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
                "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
-        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(too few rounds)"
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(too few passes)"
+        whole_text = f", whole batches x{row['engine_ratio_whole_batch']:.3f}" if whole else ""
         print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
               f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} "
-              f"95% CI {ci_text} (ratio of medians x{row['engine_ratio_of_medians']:.3f}, "
-              f"of minima x{row['engine_ratio_min']:.3f}) | peft mixed "
-              f"x{row['peft_mixed_ratio']:.3f} | peft set_adapter x{row['peft_groups_ratio']:.3f}",
-              flush=True)
+              f"95% CI {ci_text} (merged in lock-step / alone x{row['lockstep_vs_alone']:.3f}"
+              f"{whole_text}) | peft mixed x{row['peft_mixed_ratio']:.3f} | peft set_adapter "
+              f"x{row['peft_groups_ratio']:.3f}", flush=True)
         rows.append(row)
     gc.collect()
     return rows
@@ -252,8 +265,12 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and adapters")
-    ap.add_argument("--reps", type=int, default=None,
-                    help="P1 rounds of merged, engine, engine, merged per cell (default 12)")
+    ap.add_argument("--passes", type=int, default=None,
+                    help="P1 lock-step passes of engine and merged model per cell (default 24)")
+    ap.add_argument("--reps", type=int, default=0,
+                    help="also time P1 as whole batches, in this many rounds of merged, engine, "
+                         "engine, merged per cell (default 0: off; the cross-check for a quiet "
+                         "machine)")
     ap.add_argument("--peft-reps", type=int, default=None,
                     help="interleaved repetitions of the peft comparisons per cell (default 5)")
     ap.add_argument("--skip-p1", action="store_true", help="only P2/P3/memory")
@@ -261,7 +278,8 @@ def main() -> None:
     ap.add_argument("--resident", type=int, default=None,
                     help="largest resident count for P2/memory (default 2000 distilbert, 10000 albert)")
     args = ap.parse_args()
-    reps = args.reps or (3 if args.quick else 12)
+    passes = args.passes or (4 if args.quick else 24)
+    reps = args.reps
     peft_reps = args.peft_reps or (2 if args.quick else 5)
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
@@ -275,7 +293,7 @@ def main() -> None:
         ks = [1, 8] if args.quick else [1, 8, 64]
         for batch, length in ((32, 128), (64, 32)):
             if not args.skip_p1:
-                result["p1"] += p1(backbone, paths, batch, length, ks, reps, peft_reps)
+                result["p1"] += p1(backbone, paths, batch, length, ks, passes, reps, peft_reps)
         if args.skip_p2:
             continue
         top = args.resident or (100 if args.quick else (2000 if arch == "distilbert" else 10000))
@@ -293,8 +311,9 @@ def main() -> None:
     emit({
         "p1_worst_ratio": worst("engine_ratio"),
         "p1_worst_ratio_ci95_high": max(ci_highs) if ci_highs else None,
-        "p1_worst_ratio_of_medians": worst("engine_ratio_of_medians"),
-        "p1_worst_ratio_min_of_n": worst("engine_ratio_min"),
+        "p1_worst_ratio_whole_batch": worst("engine_ratio_whole_batch"),
+        "p1_lockstep_vs_alone": [worst("lockstep_vs_alone"),
+                                 min((r["lockstep_vs_alone"] for r in p1_rows), default=None)],
         "peft_mixed_worst_ratio": worst("peft_mixed_ratio"),
         "peft_groups_worst_ratio": worst("peft_groups_ratio"),
         "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3)
