@@ -2,16 +2,18 @@
 
 On this shared 2-core VM one batch's time moves by 10-15% from run to run, and the noise is
 correlated over a few seconds. Two whole batches timed one after the other (1-7 s each) land
-in different weather; two transformer blocks timed one after the other (0.1-0.6 s) mostly do
-not. `lockstep` runs two unmodified forward calls, each in its own greenlet on the calling
-thread, and switches between them at every transformer block: a forward pre-hook on each
-block hands control back. The segments run in the order
+in different weather; two layers timed one after the other (10-600 ms) mostly do not.
+`lockstep` runs two unmodified forward calls, each in its own greenlet on the calling thread,
+and switches between them at every boundary module (`blocks`: each transformer block;
+`linears`: each linear layer inside them): a forward pre-hook on each hands control back. The
+segments run in the order
 
-    A0 B0 B1 A1 A2 B2 B3 A3 ...     (segment i: from block i's start to block i+1's start)
+    A0 B0 B1 A1 A2 B2 B3 A3 ...     (segment 0 ends where the first boundary starts,
+                                     segment i runs from boundary i-1's start to boundary i's)
 
 so adjacent segments of the two calls pair up ABBA-fashion. Each call's time is the sum of its
 own segments, which cover all its work (the first segment includes everything before the first
-block, the last everything after the last block).
+boundary, the last everything after the last one).
 
 Why greenlets, not threads: everything runs on one OS thread, so both calls share one OpenMP
 team. Two Python threads would each own a team, and the idle team's worker, woken at each
@@ -60,7 +62,8 @@ def lockstep(first: Callable[[], object], first_model: nn.Module,
              at: Callable[[nn.Module], list[nn.Module]] = blocks) -> tuple[list[float], list[float]]:
     """Seconds of each segment of `first()` and of `second()`, run interleaved (first starts).
 
-    The two models must be distinct objects with the same number of block calls per pass.
+    The two models must be distinct objects with the same number of boundary calls per pass,
+    and must not share thread-local state: both passes run on this thread.
     """
     driver = greenlet.getcurrent()
     spent: dict[str, list[float]] = {"a": [], "b": []}

@@ -13,15 +13,18 @@ Measured, each as a ratio against a baseline timed in the same run:
       correlated over seconds, hits both alike. Each pass pair gives one ratio of the two
       passes' total times; `p1_worst_ratio` is the worst cell's median ratio, with a
       distribution-free 95% confidence interval of that median (`p1_worst_ratio_ci95_high`
-      is the highest upper bound of any cell). `lockstep_vs_alone` checks that the
-      interleaving itself costs nothing: the merged pass's lock-step time over its time
-      alone. `--reps N` adds the plain whole-batch measure (rounds of merged, engine,
-      engine, merged) as a cross-check. peft's `adapter_names=` mixed batch and peft
-      `set_adapter` per group are timed interleaved with the merged model (ratio of
-      medians, fewer repetitions: they are the comparison, not the target);
+      is the highest upper bound of any cell). `lockstep_vs_alone`, the merged pass's
+      lock-step time over its time alone, is a rough check that interleaving costs nothing
+      (few runs alone; `lockstep_check.py` is the careful one). `--reps N` adds the plain
+      whole-batch measure (rounds of merged, engine, engine, merged) as a cross-check. peft's
+      `adapter_names=` mixed batch and peft `set_adapter` per group are timed interleaved
+      with the merged model (ratio of medians, fewer repetitions: they are the comparison,
+      not the target);
   P2  cold swap: adapter directory on disk -> servable, with 1, 100, 1000 and 2000 (ALBERT
       10000) resident: median of 21 loads spread over a second;
-  P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter;
+  P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter,
+      and a one-row forward right after another adapter's against one right after its own
+      adapter's (median difference of adjacent runs: a check, as noisy as one forward);
   memory: bytes per resident adapter, and how many fit.
 The last line printed is one JSON object.
 """
@@ -40,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit, median_seconds, random_adapters  # noqa: E402
+from _common import emit, random_adapters  # noqa: E402
 from _lockstep import linears, lockstep  # noqa: E402
 
 from adapters_kit import MultiTaskModel  # noqa: E402
@@ -204,6 +207,32 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def forward_after_switch(engine, ids, a, b, pairs: int) -> tuple[float, float, float]:
+    """One-row forwards in the order a a b b a a b b ...: every other run follows a run of
+    the same adapter, the rest follow the other adapter. Returns the median seconds of each
+    kind and the median difference between each switched run and the same-adapter run just
+    before it (adjacent runs, so the machine's drift mostly cancels)."""
+    engine._forward(ids, [a])
+    times, after_other = [], []
+    prev = a
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(4 * pairs):
+            task = a if (i // 2) % 2 else b
+            t = time.perf_counter()
+            engine._forward(ids, [task])
+            times.append(time.perf_counter() - t)
+            after_other.append(task is not prev)
+            prev = task
+    finally:
+        gc.enable()
+    same = [t for t, o in zip(times, after_other) if not o]
+    other = [t for t, o in zip(times, after_other) if o]
+    diffs = [times[i] - times[i - 1] for i in range(1, len(times)) if after_other[i]]
+    return statistics.median(same), statistics.median(other), statistics.median(diffs)
+
+
 def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[int]) -> dict:
     """Cold load latency at several resident counts, warm switch cost, bytes per adapter."""
     engine = MultiTaskModel(str(backbone.path), capacity=max(resident_counts) + 64)
@@ -249,15 +278,15 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
     for i in range(n):
         bookkeeping(a if i % 2 else b)
     warm_us = (time.perf_counter() - t) / n * 1e6
-    same = median_seconds(lambda: engine._forward(ids, [a]), 20)
-    switch = statistics.median([median_seconds(lambda t=t: engine._forward(ids, [t]), 1)
-                                for t in [a, b] * 10])
+    same, switched, extra = forward_after_switch(engine, ids, a, b, 40)
     print(f"  {backbone.arch:<10} warm switch bookkeeping {warm_us:.1f} us; one-row forward "
-          f"same adapter {same * 1e3:.2f} ms, alternating {switch * 1e3:.2f} ms; "
+          f"after the same adapter {same * 1e3:.2f} ms, after another {switched * 1e3:.2f} ms "
+          f"(median paired difference {extra * 1e6:+.0f} us); "
           f"{per_adapter / 1e3:.1f} KB per resident adapter (banks + head; RSS grew "
           f"{rss_per_adapter / 1e3:.1f} KB per adapter); {loaded} resident, process RSS "
           f"{rss_bytes() / 2**30:.2f} GiB", flush=True)
-    return {"cold_ms": cold, "warm_us": warm_us, "bytes_per_adapter": per_adapter,
+    return {"cold_ms": cold, "warm_us": warm_us, "switch_forward_extra_us": extra * 1e6,
+            "bytes_per_adapter": per_adapter,
             "rss_bytes_per_adapter": rss_per_adapter, "resident": loaded,
             "rss_gib": rss_bytes() / 2**30}
 
@@ -320,6 +349,8 @@ def main() -> None:
         if result["p2"] else None,
         "p3_warm_us": round(max(v["warm_us"] for v in result["p2"].values()), 2)
         if result["p2"] else None,
+        "p3_switch_forward_extra_us": {a: round(v["switch_forward_extra_us"], 1)
+                                       for a, v in result["p2"].items()},
         "bytes_per_resident_adapter": {a: int(v["bytes_per_adapter"]) for a, v in result["p2"].items()},
         "max_resident_adapters": {a: v["resident"] for a, v in result["p2"].items()},
         "p1": p1_rows,
