@@ -30,9 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from _common import emit  # noqa: E402
 from _lockstep import linears, lockstep  # noqa: E402
-from serving_engine import make_adapters, make_base  # noqa: E402
+from serving_engine import load_engine, make_adapters, make_base, merged_model, token_batch  # noqa: E402
 
-from adapters_kit import MultiTaskModel  # noqa: E402
 from adapters_kit.backbones import Backbone  # noqa: E402
 
 
@@ -47,8 +46,6 @@ def timed(fn) -> tuple[float, int]:
 
 
 def main() -> None:
-    from peft import PeftModel
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--k", type=int, default=8)
@@ -59,14 +56,10 @@ def main() -> None:
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     backbone = Backbone.resolve(make_base(work, "distilbert"))
     paths = make_adapters(backbone, args.k, work)
-    engine = MultiTaskModel(str(backbone.path), capacity=args.k + 1)
-    for p in paths:
-        engine.load(p)
-    names = sorted(engine.tasks)
-    merged = PeftModel.from_pretrained(backbone.load_model(2), str(paths[0])).merge_and_unload().eval()
+    engine, names = load_engine(backbone, paths)
+    merged = merged_model(backbone, paths[0])
     twin = copy.deepcopy(merged)
-    ids = torch.randint(1000, 30000, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
-    ids[:, 0] = 101
+    ids = token_batch(args.batch, args.length)
     mask = torch.ones_like(ids)
     id_lists = ids.tolist()
     tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]

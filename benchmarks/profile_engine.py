@@ -18,11 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from _common import emit  # noqa: E402
-from serving_engine import make_adapters, make_base  # noqa: E402
+from serving_engine import load_engine, make_adapters, make_base, token_batch  # noqa: E402
 
-from adapters_kit import MultiTaskModel  # noqa: E402
 from adapters_kit.backbones import Backbone  # noqa: E402
 
 RANK = 8
@@ -51,15 +49,9 @@ def main() -> None:
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     backbone = Backbone.resolve(make_base(work, args.arch))
     paths = make_adapters(backbone, max(args.k, 1), work)
-    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
-    for p in paths:
-        engine.load(p)
-    names = sorted(engine.tasks)
+    engine, names = load_engine(backbone, paths)
     tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (args.batch, args.length), generator=g)
-    ids[:, 0] = 101
-    id_lists = ids.tolist()
+    id_lists = token_batch(args.batch, args.length).tolist()
     engine._forward(id_lists, tasks)  # warm-up
     from torch.profiler import ProfilerActivity, profile
 

@@ -13,9 +13,8 @@ Measured, each as a ratio against a baseline timed in the same run:
       correlated over seconds, hits both alike. Each pass pair gives one ratio of the two
       passes' total times; `p1_worst_ratio` is the worst cell's median ratio, with a
       distribution-free 95% confidence interval of that median (`p1_worst_ratio_ci95_high`
-      is the highest upper bound of any cell). `lockstep_vs_alone`, the merged pass's
-      lock-step time over its time alone, is a rough check that interleaving costs nothing
-      (few runs alone; `lockstep_check.py` is the careful one). `--reps N` adds the plain
+      is the highest upper bound of any cell). `lockstep_check.py` checks the method itself
+      (A/A, and each side's lock-step time against its time alone). `--reps N` adds the plain
       whole-batch measure (rounds of merged, engine, engine, merged) as a cross-check. peft's
       `adapter_names=` mixed batch and peft `set_adapter` per group are timed interleaved
       with the merged model (ratio of medians, fewer repetitions: they are the comparison,
@@ -75,6 +74,28 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
     return random_adapters(backbone, work / backbone.arch, k)
 
 
+def load_engine(backbone: Backbone, paths: list[Path]) -> tuple[MultiTaskModel, list[str]]:
+    """An engine with every adapter of `paths` resident, and their task names in order."""
+    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
+    for p in paths:
+        engine.load(p)
+    return engine, sorted(engine.tasks)
+
+
+def merged_model(backbone: Backbone, path: Path) -> torch.nn.Module:
+    """The floor: one adapter merged into the base with peft, a plain transformers model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(backbone.load_model(2), str(path)).merge_and_unload().eval()
+
+
+def token_batch(batch: int, length: int) -> torch.Tensor:
+    """The benchmarks' input ids [batch, length]: seeded random tokens after [CLS]."""
+    ids = torch.randint(1000, 30000, (batch, length), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 101
+    return ids
+
+
 def interleaved(fns: dict, reps: int) -> dict[str, float]:
     """Median seconds per function, the functions taking turns so drift hits all alike."""
     samples = {k: [] for k in fns}
@@ -124,18 +145,13 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
        passes: int, reps: int, peft_reps: int) -> list[dict]:
     from peft import PeftModel
 
-    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
-    for p in paths:
-        engine.load(p)
-    names = sorted(engine.tasks)
-    merged = PeftModel.from_pretrained(backbone.load_model(2), str(paths[0])).merge_and_unload().eval()
+    engine, names = load_engine(backbone, paths)
+    merged = merged_model(backbone, paths[0])
     peft_model = PeftModel.from_pretrained(backbone.load_model(2), str(paths[0]),
                                            adapter_name=names[0]).eval()
     for p, name in zip(paths[1:], names[1:]):
         peft_model.load_adapter(str(p), adapter_name=name)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (batch, length), generator=g)
-    ids[:, 0] = 101
+    ids = token_batch(batch, length)
     mask = torch.ones_like(ids)
     id_lists = ids.tolist()
     rows = []
@@ -166,14 +182,13 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         gc.collect()
         gc.disable()  # a collection inside one timed run would land on whichever ran then
         try:
-            ratios, merged_lockstep = [], []
+            ratios = []
             for i in range(passes):  # who starts alternates
                 if i % 2 == 0:
                     m_seg, e_seg = lockstep(run_merged, merged, run_engine, engine.model, at=linears)
                 else:
                     e_seg, m_seg = lockstep(run_engine, engine.model, run_merged, merged, at=linears)
                 ratios.append(sum(e_seg) / sum(m_seg))
-                merged_lockstep.append(sum(m_seg))
             whole = abba(run_merged, run_engine, reps)[2] if reps else None
             t = interleaved({"merged": run_merged, "peft_mixed": run_peft_mixed,
                              "peft_groups": run_peft_groups}, peft_reps)
@@ -186,16 +201,14 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                "merged_ms": round(t["merged"] * 1e3, 2),
                "engine_ratio": round(med(ratios), 4),
                "engine_ratio_ci95": [round(c, 4) for c in ci] if ci else None,
-               "lockstep_vs_alone": round(med(merged_lockstep) / t["merged"], 4),
                "engine_ratio_whole_batch": round(med(whole), 4) if whole else None,
                "peft_mixed_ratio": round(t["peft_mixed"] / t["merged"], 4),
                "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(too few passes)"
-        whole_text = f", whole batches x{row['engine_ratio_whole_batch']:.3f}" if whole else ""
+        whole_text = f" (whole batches x{row['engine_ratio_whole_batch']:.3f})" if whole else ""
         print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
               f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} "
-              f"95% CI {ci_text} (merged in lock-step / alone x{row['lockstep_vs_alone']:.3f}"
-              f"{whole_text}) | peft mixed x{row['peft_mixed_ratio']:.3f} | peft set_adapter "
+              f"95% CI {ci_text}{whole_text} | peft mixed x{row['peft_mixed_ratio']:.3f} | peft set_adapter "
               f"x{row['peft_groups_ratio']:.3f}", flush=True)
         rows.append(row)
     gc.collect()
@@ -341,8 +354,6 @@ def main() -> None:
         "p1_worst_ratio": worst("engine_ratio"),
         "p1_worst_ratio_ci95_high": max(ci_highs) if ci_highs else None,
         "p1_worst_ratio_whole_batch": worst("engine_ratio_whole_batch"),
-        "p1_lockstep_vs_alone": [worst("lockstep_vs_alone"),
-                                 min((r["lockstep_vs_alone"] for r in p1_rows), default=None)],
         "peft_mixed_worst_ratio": worst("peft_mixed_ratio"),
         "peft_groups_worst_ratio": worst("peft_groups_ratio"),
         "p2_cold_ms_worst": round(max(max(v["cold_ms"].values()) for v in result["p2"].values()), 3)
