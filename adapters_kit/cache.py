@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -9,6 +10,18 @@ from dataclasses import dataclass
 from .errors import AdapterFileError
 from .runtime import MultiTaskModel, TextInput
 from .store import AdapterStore
+
+log = logging.getLogger("adapters_kit.cache")
+
+
+def _detached(error: Exception) -> AdapterFileError:
+    """The error's message without its traceback: a kept traceback holds the frames of the
+    refused load, and through them its bytes, for as long as anyone keeps the error."""
+    if isinstance(error, AdapterFileError):
+        return AdapterFileError(str(error))
+    if isinstance(error, OSError):
+        return AdapterFileError(f"the adapter could not be read ({error.strerror or error})")
+    return AdapterFileError(f"the adapter was refused ({type(error).__name__}: {error})")
 
 
 @dataclass
@@ -59,17 +72,23 @@ class AdapterCache:
                     continue
                 self.stats.misses += 1
                 try:
-                    files = self.store.read(name)
-                    self.model.load(files, name=name)
-                except (AdapterFileError, KeyError, OSError) as e:
-                    errors[name] = e
+                    nbytes = self._load(name)
+                except Exception as e:  # whatever one task's files do, it fails that task alone
+                    errors[name] = _detached(e)
+                    if not isinstance(e, (AdapterFileError, OSError)):
+                        log.error("loading %s failed unexpectedly", name, exc_info=e)
                     continue
                 self.stats.loads += 1
-                self._lru[name] = files.nbytes
+                self._lru[name] = nbytes
                 self._lru.move_to_end(name)
             self._evict(keep=set(wanted))
             self._update_stats()
         return errors
+
+    def _load(self, name: str) -> int:
+        files = self.store.read(name, self.model.max_adapter_bytes())
+        self.model.load(files, name=name)
+        return files.nbytes
 
     def reload(self, name: str) -> bool:
         """Swap a resident task to the store's current files; False if it was not resident.
@@ -80,7 +99,7 @@ class AdapterCache:
         with self._lock:
             if name not in self._lru or name not in self.model.tasks:
                 return False
-            files = self.store.read(name)
+            files = self.store.read(name, self.model.max_adapter_bytes())
             self.model.replace(name, files)
             self._lru[name] = files.nbytes
             self._update_stats()

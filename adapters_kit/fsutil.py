@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,6 +49,17 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+def default_file_mode() -> int:
+    """0o666 less the process umask: the mode an ordinary new file gets (safetensors writes
+    0o600, which would keep another user's server from reading an adapter)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:  # reading the umask without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    return 0o644
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -63,12 +75,36 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _staging_prefix(name: str) -> str:
+    """`.tmp-NAME~PID@HOST~`: whose staging directory this is, so that the next start can tell
+    a dead writer's leftovers (removed at once) from a live writer's work (left alone)."""
+    return f"{_TMP_PREFIX}{name}~{os.getpid()}@{socket.gethostname()}~"
+
+
+def _writer_dead(path: Path) -> bool:
+    """True if `path` is a staging directory of a process of this host that no longer runs."""
+    parts = path.name.split("~")
+    if len(parts) != 3 or "@" not in parts[1]:
+        return False
+    pid, _, host = parts[1].partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's writer (a shared store): only its age tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def recover_directory(parent: Path, older_than_s: float = 3600.0) -> None:
     """Undo what a writer that crashed left behind in `parent`.
 
     An overwrite moves the old directory aside before the new one takes its name; if the
-    writer died between those two renames, the old directory is put back. Other stale
-    temporary directories are removed.
+    writer died between those two renames, the old directory is put back. A staging directory
+    whose writer (a process on this host) is dead is removed now; any other temporary
+    directory once it is older than `older_than_s`.
     """
     if not parent.is_dir():
         return
@@ -80,12 +116,13 @@ def recover_directory(parent: Path, older_than_s: float = 3600.0) -> None:
     now = time.time()
     for p in parent.glob(_TMP_PREFIX + "*"):
         with contextlib.suppress(OSError):
-            if now - p.stat().st_mtime > older_than_s:
+            if _writer_dead(p) or now - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: Path, overwrite: bool = False, keep_modes: bool = False
+                     ) -> Iterator[Path]:
     """Yield a temporary directory beside `target`; on success it becomes `target` in one rename.
 
     A crash at any point leaves either no `target` or the complete old one, never a partial
@@ -99,12 +136,16 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(
             f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + target.name + "-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target.name), dir=target.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        mode = default_file_mode()
         for p in tmp.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            if p.is_dir() and not p.is_symlink():
+                os.chmod(p, 0o755)
+            elif p.is_file() and not p.is_symlink() and not keep_modes:
+                os.chmod(p, mode)
         _fsync_tree(tmp)
         if target.exists() and exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version

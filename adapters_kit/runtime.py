@@ -21,6 +21,7 @@ import torch
 from . import heads
 from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
 from .data import collate
+from .errors import AdapterFileError, DataError
 from .kinds import Kind, Row, kind_of
 from .lora_bank import LoraBankLinear, Router, wrap
 from .store import AdapterFiles, check_against_base, read_adapter
@@ -91,35 +92,84 @@ class MultiTaskModel:
             self._free = list(range(self.capacity - 1, old - 1, -1))
         return self._free.pop()
 
+    def max_adapter_bytes(self) -> int:
+        """The most tensor bytes one adapter for this base may hold: LoRA of full rank on every
+        linear is at most twice the base's weights, plus room for a wide head. A weights file
+        claiming more is refused from its header, before it is read."""
+        params = sum(p.numel() for p in self.model.parameters())
+        return 2 * 4 * params + (64 << 20)
+
     def load(self, path: str | Path | AdapterFiles, name: str | None = None) -> str:
-        """Make an adapter resident (verified first); a no-op if it is already resident."""
-        files = path if isinstance(path, AdapterFiles) else read_adapter(path)
+        """Make an adapter resident (verified first); a no-op if it is already resident.
+
+        Any failure, whatever its cause, raises AdapterFileError and leaves the model as it was:
+        no slot taken, no bank changed, the previous version (if any) still serving.
+        """
+        files = path if isinstance(path, AdapterFiles) else read_adapter(
+            path, max_weight_bytes=self.max_adapter_bytes())
         name = name or files.name
         with self._lock:
             current = self.tasks.get(name)
             if current is not None and current.digest == files.digest:
                 return name
-            check_against_base(files, self.model, self.fingerprint)
-            pairs = files.lora_pairs()  # every module was checked to be a base linear above
+            resident, pairs = self._prepare(files, name)
             slot = self._take_slot()
-            for module in pairs:
-                if module not in self.banks:
-                    self.banks[module] = wrap(self.model, module, self.router)
-            for module, (a, b) in pairs.items():
-                self.banks[module].set_slot(slot, a, b, files.scale(module), self.capacity)
-            task = files.task["task"]
-            spec = TaskSpec.from_dict({k: v for k, v in task.items() if k != "source"})
-            w, bias = files.head()
-            resident = ResidentTask(
-                name=name, slot=slot, kind=task["kind"], labels=list(task["labels"]),
-                pair=len(task["text_fields"]) == 2, max_length=task.get("max_length", 512),
-                head_weight=w.float(), head_bias=None if bias is None else bias.float(),
-                dense=files.dense_override(self.dense_name), path=files.path, nbytes=files.nbytes,
-                digest=files.digest, spec=spec, impl=kind_of(spec))
+            try:
+                for module in pairs:
+                    if module not in self.banks:
+                        self.banks[module] = wrap(self.model, module, self.router)
+                for module, (a, b, scale) in pairs.items():
+                    self.banks[module].set_slot(slot, a, b, scale, self.capacity)
+            except BaseException:
+                for bank in self.banks.values():
+                    bank.clear_slot(slot)
+                self._free.append(slot)
+                raise
+            resident.slot = slot
             self.tasks[name] = resident  # the swap: new requests see the new adapter from here
             if current is not None:
                 self._retire(current)
         return name
+
+    def check(self, files: AdapterFiles) -> None:
+        """Everything a load checks, without loading: AdapterFileError if it would be refused."""
+        self._prepare(files, files.name)
+
+    def _prepare(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, dict]:
+        """Everything a load computes from the files before it touches a slot."""
+        try:
+            return self._resident(files, name)
+        except AdapterFileError:
+            raise
+        except Exception as e:  # a fault of the files no check names: still theirs alone
+            raise AdapterFileError(f"adapter {files.path} refused: {type(e).__name__}: {e}; "
+                                   "re-export the adapter. Nothing was loaded from it") from None
+
+    def _resident(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, dict]:
+        check_against_base(files, self.model, self.fingerprint)
+        spec = files.spec
+        hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") \
+            else self.model.config.dim
+        pairs = {m: (a, b, files.scale(m)) for m, (a, b) in files.lora_pairs().items()}
+        w, bias = files.head()
+        dense = files.dense_override(self.dense_name)
+        if dense is not None:
+            if tuple(dense[0].shape) != (hidden, hidden) or tuple(dense[1].shape) != (hidden,):
+                raise AdapterFileError(f"adapter {files.path} refused: its {self.dense_name} is "
+                                       f"{tuple(dense[0].shape)} but this base needs ({hidden}, "
+                                       f"{hidden}); use the backbone it was trained on")
+            dense = (dense[0].float(), dense[1].float())
+        resident = ResidentTask(
+            name=name, slot=-1, kind=spec.kind, labels=list(spec.labels), pair=spec.is_pair,
+            max_length=spec.max_length, head_weight=w.float(),
+            head_bias=None if bias is None else bias.float(), dense=dense, path=files.path,
+            nbytes=files.nbytes, digest=files.digest, spec=spec, impl=kind_of(spec))
+        return resident, pairs
+
+    def slot_usage(self) -> tuple[int, int]:
+        """(slots holding an adapter, slots allocated); slot 0 ("no adapter") is not counted."""
+        with self._lock:
+            return self.capacity - 1 - len(self._free), self.capacity - 1
 
     def replace(self, name: str, path: str | Path | AdapterFiles) -> str:
         """Swap a resident task to a new adapter version; requests see the old or the new one.
@@ -167,12 +217,14 @@ class MultiTaskModel:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def _encode(self, task: ResidentTask, item: TextInput) -> list[Row]:
+    def encode(self, task: ResidentTask, item: TextInput) -> list[Row]:
+        """One input's model rows for a leased task (a long QA context gives several windows);
+        a DataError (not naming the task) says what is wrong with the input."""
         return task.impl.encode(task.spec, self.tokenizer, item)
 
     @torch.inference_mode()
-    def _forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
-        """Raw outputs for token ids, each row through its own task's adapter and head:
+    def forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
+        """Raw outputs for token ids, each row through its own (leased) task's adapter and head:
         [n_outputs] for sequence kinds, [tokens, n_outputs] for token-level kinds."""
         input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0)
         low = self.precision == "bf16"
@@ -242,13 +294,13 @@ class MultiTaskModel:
             for t in leased:
                 t.users += 1
         try:
-            encoded = [(t, self._encode(t, item)) for t, item in resolved]
+            encoded = [(t, self._encode_named(t, i, item)) for i, (t, item) in enumerate(resolved)]
             flat = [(r, j) for r, (_, rows) in enumerate(encoded) for j in range(len(rows))]
             flat.sort(key=lambda rj: len(encoded[rj[0]][1][rj[1]].ids))
             outs: list[list] = [[None] * len(rows) for _, rows in encoded]
             for start in range(0, len(flat), batch_size):
                 chunk = flat[start : start + batch_size]
-                result = self._forward([encoded[r][1][j].ids for r, j in chunk],
+                result = self.forward([encoded[r][1][j].ids for r, j in chunk],
                                        [encoded[r][0] for r, _ in chunk])
                 for (r, j), row in zip(chunk, result):
                     outs[r][j] = row
@@ -256,6 +308,12 @@ class MultiTaskModel:
         finally:
             for t in leased:
                 self.release(t)
+
+    def _encode_named(self, task: ResidentTask, index: int, item: TextInput) -> list[Row]:
+        try:
+            return self.encode(task, item)
+        except DataError as e:
+            raise DataError(f"task {task.name!r}: input {index}: {e}") from None
 
     def run_ids(self, name: str, ids: list[list[int]], batch_size: int = 64) -> list[torch.Tensor]:
         """Raw outputs for already tokenised rows of one task (evaluation), in order."""
@@ -265,7 +323,7 @@ class MultiTaskModel:
             out: list = [None] * len(ids)
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                for i, row in zip(idx, self._forward([ids[i] for i in idx], [task] * len(idx))):
+                for i, row in zip(idx, self.forward([ids[i] for i in idx], [task] * len(idx))):
                     out[i] = row
             return out
         finally:

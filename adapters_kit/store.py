@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
+from . import adapter_meta as meta
+from .adapter_meta import FORMAT_VERSION
 from .backbones import HEAD_OUT, SPAN_OUT, head_module
 from .errors import AdapterFileError
 from .fsutil import atomic_directory, recover_directory, sha256_file
+from .tasks import TaskSpec
 
-FORMAT_VERSION = 1
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 TASK = "task.json"
@@ -90,15 +92,17 @@ class AdapterFiles:
     nbytes: int
     digest: str
     """sha256 of checksums.json: names this exact content."""
+    spec: TaskSpec
+    """The task card in task.json, validated."""
     _head: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
-        return self.task["task"]["name"]
+        return self.spec.name
 
     @property
     def kind(self) -> str:
-        return self.task["task"].get("kind", "classification")
+        return self.spec.kind
 
     @property
     def head_name(self) -> str:
@@ -107,10 +111,7 @@ class AdapterFiles:
 
     @property
     def num_outputs(self) -> int:
-        task = self.task["task"]
-        if task["kind"] == "regression":
-            return 1
-        return 2 if task["kind"] == "extractive-qa" else len(task["labels"])
+        return self.spec.num_outputs
 
     @property
     def fingerprint(self) -> str:
@@ -149,8 +150,8 @@ class AdapterFiles:
         return None if w is None else (w, self.tensors[f"{_PREFIX}{module}.bias"])
 
     def scale(self, module: str) -> float:
-        r = self.config.get("rank_pattern", {}).get(module, self.config["r"])
-        alpha = self.config.get("alpha_pattern", {}).get(module, self.config["lora_alpha"])
+        r = (self.config.get("rank_pattern") or {}).get(module, self.config["r"])
+        alpha = (self.config.get("alpha_pattern") or {}).get(module, self.config["lora_alpha"])
         return alpha / (r**0.5) if self.config.get("use_rslora") else alpha / r
 
 
@@ -158,12 +159,34 @@ def _refuse(path: Path, why: str, fix: str) -> AdapterFileError:
     return AdapterFileError(f"adapter {path} refused: {why}; {fix}. Nothing was loaded from it")
 
 
-def read_adapter(path: str | Path) -> AdapterFiles:
-    """Read and verify an adapter directory's own integrity (not yet against a base)."""
+def read_adapter(path: str | Path, max_weight_bytes: int | None = None) -> AdapterFiles:
+    """Read and verify an adapter directory's own integrity (not yet against a base).
+
+    Every failure, whatever its cause, is an AdapterFileError naming the file and the fix.
+    `max_weight_bytes` bounds the tensors the weights file may claim; it is checked from the
+    file's header before the tensors are read (a loading engine passes what its base allows).
+    """
+    path = Path(path)
+    try:
+        return _read_adapter(path, max_weight_bytes)
+    except AdapterFileError:
+        raise
+    except Exception as e:  # a check this code lacks must still refuse, not crash the caller
+        raise _refuse(path, f"it could not be read ({type(e).__name__}: {e})",
+                      "re-export the adapter with adapters-kit") from None
+
+
+def _read_json(path: Path, name: str):
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _refuse(path.parent, f"{name} is not valid JSON ({e})", "re-export the adapter") from None
+
+
+def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
     if not path.is_dir():
         raise AdapterFileError(f"adapter directory {path} does not exist")
     pickles = [p.name for p in path.iterdir() if p.suffix.lower() in _PICKLES]
@@ -174,55 +197,70 @@ def read_adapter(path: str | Path) -> AdapterFiles:
     for required in (CONFIG, WEIGHTS, TASK, CHECKSUMS):
         if not (path / required).is_file():
             raise _refuse(path, f"{required} is missing", "re-export the adapter with adapters-kit")
-    try:
-        sums = json.loads((path / CHECKSUMS).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _refuse(path, f"{CHECKSUMS} is not valid JSON ({e})", "re-export the adapter") from e
-    for name in (CONFIG, WEIGHTS, TASK):
-        if name not in sums:
-            raise _refuse(path, f"{CHECKSUMS} does not cover {name}", "re-export the adapter")
+    if (path / CHECKSUMS).stat().st_size > meta.MAX_METADATA_BYTES:
+        raise _refuse(path, f"{CHECKSUMS} is over {meta.MAX_METADATA_BYTES} bytes", "re-export the adapter")
+    sums = _read_json(path / CHECKSUMS, CHECKSUMS)
+    problems = meta.checksum_problems(sums)
+    if not problems:
+        problems = [f"{CHECKSUMS} does not cover {n}" for n in (CONFIG, WEIGHTS, TASK) if n not in sums]
+    if not problems:  # sizes from the file system and the weights' header, before any read
+        problems = meta.file_problems(path, sums, (CONFIG, TASK), WEIGHTS, max_weight_bytes)
+    if problems:
+        raise _refuse(path, "; ".join(problems), "re-export the adapter with adapters-kit")
     # The metadata and weights are read once and parsed from the bytes that were checked, so a
     # file changed between the check and the read cannot slip in.
     checked: dict[str, bytes] = {}
     for name, expected in sums.items():
         f = path / name
         if name in (CONFIG, WEIGHTS, TASK):
-            data = f.read_bytes() if f.is_file() else None
-            ok = data is not None and hashlib.sha256(data).hexdigest() == expected
+            data = f.read_bytes()
+            ok = hashlib.sha256(data).hexdigest() == expected
             checked[name] = data
         else:
-            ok = f.is_file() and sha256_file(f) == expected
+            ok = sha256_file(f) == expected
         if not ok:
             raise _refuse(path, f"checksum mismatch for {name} (the file changed or is corrupt)",
                           "copy the adapter again from its source, or retrain it")
     try:
         config = json.loads(checked[CONFIG])
         task = json.loads(checked[TASK])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _refuse(path, f"metadata is not valid JSON ({e})", "re-export the adapter") from e
-    if config.get("peft_type") != "LORA":
-        raise _refuse(path, f"peft_type is {config.get('peft_type')!r}, not 'LORA'",
-                      "only LoRA adapters are supported")
-    if task.get("format_version") != FORMAT_VERSION:
-        raise _refuse(path, f"format_version {task.get('format_version')!r} is not "
-                      f"{FORMAT_VERSION}", "upgrade adapters-kit or re-export the adapter")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _refuse(path, f"metadata is not valid JSON ({e})", "re-export the adapter") from None
+    problems = meta.config_problems(config)
+    spec, task_problems = meta.task_problems(task)
+    problems += task_problems
+    if problems:
+        raise _refuse(path, "; ".join(problems), "fix the field or re-export the adapter with "
+                      "adapters-kit")
     try:
         tensors = dict(sorted(load(checked[WEIGHTS]).items()))  # same order in every process
     except (SafetensorError, OSError, ValueError) as e:
         raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
-                      "copy the adapter again; the file may be truncated") from e
-    head = head_module(task.get("task", {}).get("kind", "classification"))
+                      "copy the adapter again; the file may be truncated") from None
+    del checked
+    head = head_module(spec.kind)
     if _PREFIX + head + ".weight" not in tensors and _PREFIX + head + ".lora_A.weight" not in tensors:
         raise _refuse(path, f"it has no task head ({head}) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
+    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise _refuse(path, f"tensors {bad[:3]} hold NaN or infinite values (a diverged training)",
+                      "retrain with a lower learning rate")
     nbytes = sum((path / n).stat().st_size for n in sums)
     digest = hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest()
     files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes,
-                         digest=digest)
-    for module, (a, b) in files.lora_pairs(include_head=True).items():
+                         digest=digest, spec=spec)
+    missing = [k for k in tensors if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") not in tensors]
+    if missing:
+        raise _refuse(path, f"{missing[:3]} have no lora_B partner", "re-export the adapter")
+    pairs = files.lora_pairs(include_head=True)
+    for module, (a, b) in pairs.items():
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
             raise _refuse(path, f"LoRA factors of {module} have shapes {tuple(a.shape)} and "
                           f"{tuple(b.shape)}, which do not multiply", "re-export the adapter")
+    problems = meta.rank_problems(config, pairs)
+    if problems:
+        raise _refuse(path, "; ".join(problems), "re-export the adapter")
     return files
 
 
@@ -275,22 +313,31 @@ class AdapterStore:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def recover(self) -> None:
+        """Put back what a killed replace moved aside; remove dead writers' staging folders
+        (a killed PUT's copy, a killed training's checkpoint write)."""
+        recover_directory(self.root)
+        recover_directory(self.checkpoints)
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        recover_directory(self.root)
+        self.recover()
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and (p / TASK).exists())
 
     def info(self, name: str) -> dict:
-        """The adapter's task.json, unverified (for listings)."""
-        return json.loads((self.path(name) / TASK).read_text())
+        """The adapter's task.json, unverified (for listings); OSError/ValueError if unreadable."""
+        path = self.path(name) / TASK
+        if path.stat().st_size > meta.MAX_METADATA_BYTES:
+            raise ValueError(f"{path} is over {meta.MAX_METADATA_BYTES} bytes")
+        return json.loads(path.read_bytes())
 
-    def read(self, name: str) -> AdapterFiles:
+    def read(self, name: str, max_weight_bytes: int | None = None) -> AdapterFiles:
         if not (self.path(name)).is_dir():
             known = ", ".join(self.names()) or "none"
             raise AdapterFileError(f"no adapter {name!r} in store {self.root}; it holds: {known}")
-        return read_adapter(self.path(name))
+        return read_adapter(self.path(name), max_weight_bytes=max_weight_bytes)
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.checkpoints / name

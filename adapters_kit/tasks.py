@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -86,7 +88,15 @@ class TaskSpec:
     """The card file this spec came from, if any."""
 
     def __post_init__(self) -> None:
-        problems = []
+        # Types first: a card or a task.json from elsewhere may hold anything, and every later
+        # check assumes the declared types.
+        if isinstance(self.label_map, dict):  # raw values may be numbers (`{0: "negative"}`)
+            self.label_map = {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v
+                              for k, v in self.label_map.items()}
+        problems = _type_problems(self)
+        if problems:
+            where = f" (card {self.source})" if isinstance(self.source, str) else ""
+            raise TaskError(f"task {self.name!r}{where} is invalid:\n  - " + "\n  - ".join(problems))
         if self.kind in _KIND_FIELDS:
             fields_default, label_default = _KIND_FIELDS[self.kind]
             if self.text_fields == ["text"]:
@@ -172,10 +182,17 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> TaskSpec:
+        if not isinstance(d, dict):
+            raise TaskError(f"task card {source or ''!r} must be a table of fields, got "
+                            f"{type(d).__name__}")
         known = {f.name for f in fields(cls)}
         flat = dict(d)
         for section in ("data", "defaults"):  # the card's TOML tables flatten into the spec
-            flat.update(flat.pop(section, {}) or {})
+            table = flat.pop(section, {}) or {}
+            if not isinstance(table, dict):
+                raise TaskError(f"task card {source or flat.get('name')!r}: [{section}] must be a "
+                                f"table, got {type(table).__name__}")
+            flat.update(table)
         unknown = sorted(set(flat) - known)
         if unknown:
             raise TaskError(f"task card {source or flat.get('name')!r} has unknown keys {unknown}; "
@@ -194,6 +211,55 @@ class TaskSpec:
         if dev:
             d["dev"] = str(dev)
         return TaskSpec(**d)
+
+
+def _type_ok(value, hint) -> bool:
+    """Whether `value` is of the (simple) declared type `hint`; a bool is never a number."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1])
+                                               for k, v in value.items())
+    if args and type(None) in args:  # X | None
+        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+    return True
+
+
+def _type_name(hint) -> str:
+    """The declared type in words, for an error message."""
+    names = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"a list of {_type_name(args[0]).split(' ', 1)[1]}s"
+    if origin is dict:
+        return f"a table of {_type_name(args[1]).split(' ', 1)[1]}s"
+    kept = [a for a in args if a is not type(None)]
+    return " or ".join(_type_name(a) for a in kept) + " or null" if kept else str(hint)
+
+
+def _type_problems(spec: TaskSpec) -> list[str]:
+    hints = typing.get_type_hints(type(spec))
+    out = []
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if not _type_ok(value, hints[f.name]):
+            out.append(f"{f.name} must be {_type_name(hints[f.name])}, got {type(value).__name__} "
+                       f"{_short(value)}")
+    return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

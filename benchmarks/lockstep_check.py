@@ -65,7 +65,7 @@ def main() -> None:
     tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]
 
     def run_engine():
-        engine._forward(id_lists, tasks)
+        engine.forward(id_lists, tasks)
 
     def pass_of(model):
         def run():

@@ -52,12 +52,12 @@ def main() -> None:
     engine, names = load_engine(backbone, paths)
     tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]
     id_lists = token_batch(args.batch, args.length).tolist()
-    engine._forward(id_lists, tasks)  # warm-up
+    engine.forward(id_lists, tasks)  # warm-up
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.reps):
-            engine._forward(id_lists, tasks)
+            engine.forward(id_lists, tasks)
     events = prof.key_averages(group_by_input_shape=True)
     # self CPU time of leaf ops: the parts add up to the whole without double counting
     total = sum(e.self_cpu_time_total for e in events)

@@ -161,7 +161,7 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
         groups = {n: [i for i, r in enumerate(row_names) if r == n] for n in dict.fromkeys(row_names)}
 
         def run_engine(tasks=tasks):
-            engine._forward(id_lists, tasks)
+            engine.forward(id_lists, tasks)
 
         def run_merged():
             with torch.inference_mode():
@@ -225,7 +225,7 @@ def forward_after_switch(engine, ids, a, b, pairs: int) -> tuple[float, float, f
     the same adapter, the rest follow the other adapter. Returns the median seconds of each
     kind and the median difference between each switched run and the same-adapter run just
     before it (adjacent runs, so the machine's drift mostly cancels)."""
-    engine._forward(ids, [a])
+    engine.forward(ids, [a])
     times, after_other = [], []
     prev = a
     gc.collect()
@@ -234,7 +234,7 @@ def forward_after_switch(engine, ids, a, b, pairs: int) -> tuple[float, float, f
         for i in range(4 * pairs):
             task = a if (i // 2) % 2 else b
             t = time.perf_counter()
-            engine._forward(ids, [task])
+            engine.forward(ids, [task])
             times.append(time.perf_counter() - t)
             after_other.append(task is not prev)
             prev = task

@@ -156,4 +156,4 @@ def needs_shared(*parts: str) -> Path:
 
 # The server tests' adapters (every kind, plus broken copies), trained once per session. Defined
 # here (at the end: the module imports the helpers above) so both server test modules share it.
-from server_adapters import adapters  # noqa: E402, F401
+from server_adapters import adapters, reference, store  # noqa: E402, F401

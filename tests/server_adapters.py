@@ -15,8 +15,11 @@ import pytest
 from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, sentiment_rows, write_tsv
 from test_ner_qa import ner_rows, squad_json
 
-from adapters_kit import TaskSpec, train
+from adapters_kit import MultiTaskModel, TaskSpec, train
 from adapters_kit.store import WEIGHTS, write_checksums
+
+GOOD = ["tiny_sentiment", "tiny_topic", "tiny_pair", "tiny_ner", "tiny_qa"]
+BAD = ["bad_corrupt", "bad_truncated", "bad_foreign", "bad_pickle"]
 
 
 def _specs(data: Path) -> list[TaskSpec]:
@@ -92,3 +95,22 @@ def adapters(tmp_path_factory, tiny_distilbert) -> dict[str, Path]:
     out.update(bad_corrupt=corrupt, bad_truncated=truncated, bad_foreign=foreign,
                bad_pickle=pickled)
     return out
+
+
+@pytest.fixture()
+def store(tmp_path, adapters) -> Path:
+    """A fresh store per test (tests replace and unload): the good tasks and the bad copies."""
+    root = tmp_path / "store"
+    root.mkdir()
+    for name in GOOD + BAD:
+        shutil.copytree(adapters[name], root / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference(adapters, tiny_distilbert) -> MultiTaskModel:
+    """The engine run alone: the answers every server response must equal."""
+    model = MultiTaskModel(tiny_distilbert)
+    for name in GOOD:
+        model.load(adapters[name], name=name)
+    return model

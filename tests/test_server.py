@@ -30,13 +30,11 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from conftest import ROOT, WORDS_FILL, WORDS_TOPIC  # noqa: E402, I001
-from server_adapters import _rewrite_task_json, _specs  # noqa: E402, F401
+from server_adapters import BAD, GOOD, _rewrite_task_json, _specs  # noqa: E402, F401
 
 from adapters_kit import MultiTaskModel, read_adapter  # noqa: E402
 from adapters_kit.store import write_checksums  # noqa: E402
 
-GOOD = ["tiny_sentiment", "tiny_topic", "tiny_pair", "tiny_ner", "tiny_qa"]
-BAD = ["bad_corrupt", "bad_truncated", "bad_foreign", "bad_pickle"]
 ADMIN_KEY = "admin-key-0123456789abcdef"
 ACME_KEY = "acme-key-0123456789abcdef"
 GLOBEX_KEY = "globex-key-0123456789abcdef"
@@ -50,25 +48,6 @@ def keys_toml(acme_tasks: list[str]) -> str:
 
 
 # -- adapters: trained for real, once per session (tests/server_adapters.py) ------------------
-
-@pytest.fixture()
-def store(tmp_path, adapters) -> Path:
-    """A fresh store per test (tests replace and unload): the good tasks and the bad copies."""
-    root = tmp_path / "store"
-    root.mkdir()
-    for name in GOOD + BAD:
-        shutil.copytree(adapters[name], root / name)
-    return root
-
-
-@pytest.fixture(scope="session")
-def reference(adapters, tiny_distilbert) -> MultiTaskModel:
-    """The engine run alone: the answers every server response must equal."""
-    model = MultiTaskModel(tiny_distilbert)
-    for name in GOOD:
-        model.load(adapters[name], name=name)
-    return model
-
 
 INPUTS = {
     "tiny_sentiment": ["the film was great lovely", "a plot was dull boring", "very superb"],
@@ -557,9 +536,9 @@ def test_one_batch_holding_two_versions_of_a_task_answers_each_with_its_own(adap
     v2 = model.acquire("tiny_sentiment")
     try:
         assert v1 is not v2 and v1.retired
-        ids = model._encode(v2, "the film was great lovely")[0].ids
-        alone = [model._forward([ids], [t])[0] for t in (v1, v2)]
-        mixed = model._forward([ids, ids], [v1, v2])
+        ids = model.encode(v2, "the film was great lovely")[0].ids
+        alone = [model.forward([ids], [t])[0] for t in (v1, v2)]
+        mixed = model.forward([ids, ids], [v1, v2])
         assert not torch.allclose(alone[0], alone[1], atol=1e-4)  # the versions differ
         for got, want in zip(mixed, alone):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -11,7 +11,7 @@ from conftest import make_tiny, quick
 
 from adapters_kit import AdapterFileError, MultiTaskModel, read_adapter, train
 from adapters_kit.fsutil import atomic_directory
-from adapters_kit.store import WEIGHTS
+from adapters_kit.store import WEIGHTS, write_checksums
 
 
 @pytest.fixture()
@@ -59,6 +59,24 @@ def test_truncated_safetensors(adapter, tiny_distilbert, tmp_path):
 
     sums[WEIGHTS] = sha256_file(bad / WEIGHTS)
     (bad / "checksums.json").write_text(json.dumps(sums))
+    # refused from the header's own account of the file, before the tensors are read
+    assert_refused(MultiTaskModel(tiny_distilbert), bad, f"{WEIGHTS} is {len(data) // 2} bytes but "
+                   r"its header accounts for \d+ \(the file is truncated")
+
+
+def test_a_weights_file_that_the_header_check_passes_but_safetensors_refuses(adapter,
+                                                                              tiny_distilbert,
+                                                                              tmp_path):
+    bad = broken_copy(adapter, tmp_path)
+    data = bytearray((bad / WEIGHTS).read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [header[key]["shape"][0] + 1, *header[key]["shape"][1:]]  # wrong size
+    raw = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+    assert len(raw) == n
+    (bad / WEIGHTS).write_bytes(bytes(data[:8]) + raw + bytes(data[8 + n :]))
+    write_checksums(bad)
     assert_refused(MultiTaskModel(tiny_distilbert), bad, "not a readable safetensors")
 
 

@@ -92,6 +92,12 @@ class Kind:
         raise NotImplementedError
 
 
+def shown(value, limit: int = 40) -> str:
+    """A value for an error message, cut short: a request's input is not echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_train(spec) -> str:
     if not spec.train:
         raise DataError(f"task {spec.name!r} names no training data; set data.train in its card "

@@ -8,7 +8,7 @@ from .. import heads
 from ..data import load_eval_split, load_splits, tokenize
 from ..errors import DataError
 from ..metrics import score, tfidf_baseline
-from . import Features, Kind, Row
+from . import Features, Kind, Row, shown
 
 
 class SequenceKind(Kind):
@@ -44,9 +44,9 @@ class SequenceKind(Kind):
         parts = [item] if isinstance(item, str) else list(item)
         if len(parts) != (2 if spec.is_pair else 1) or not all(isinstance(p, str) for p in parts):
             want = "a pair of texts" if spec.is_pair else "one text"
-            raise DataError(f"task {spec.name!r} takes {want} per input, got {item!r}")
+            raise DataError(f"this task takes {want} per input, got {shown(item)}")
         if not all(p.strip() for p in parts):
-            raise DataError(f"task {spec.name!r} got an empty text; send the text to classify")
+            raise DataError("the text is empty; send the text to classify")
         return [Row(tokenizer(*parts, truncation=True, max_length=spec.max_length)["input_ids"])]
 
     def decode(self, spec, rows, outputs, item):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..data import read_table
 from ..errors import DataError, DataWarning
-from . import Features, Kind, Row, require_train, seeded_order
+from . import Features, Kind, Row, require_train, seeded_order, shown
 from .squad_eval import squad_scores
 
 SPLIT_SEED = 0  # the article split is a property of the task, not of a training run
@@ -244,11 +244,11 @@ class SpanKind(Kind):
             item = (item.get("question"), item.get("context"))
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and
                 all(isinstance(x, str) for x in item)):
-            raise DataError(f"task {spec.name!r} takes (question, context) per input, got {item!r}")
+            raise DataError(f"this task takes (question, context) per input, got {shown(item)}")
         question, context = item
         for what, value in (("question", question), ("context", context)):
             if not value.strip():
-                raise DataError(f"task {spec.name!r} got an empty {what}; a question needs both "
+                raise DataError(f"the {what} is empty; a question needs both "
                                 "a question and a context to find its answer in")
         if len(tokenizer(question)["input_ids"]) > spec.max_length // 2:
             raise DataError(f"the question is longer than half of max_length {spec.max_length} "
@@ -257,8 +257,8 @@ class SpanKind(Kind):
                 for ids, offsets, _ in self._windows(spec, tokenizer, [question], [context])]
         if not any(o is not None for r in rows for o in r.meta["offsets"]):
             # e.g. only control characters, which the tokenizer drops: no span could be answered
-            raise DataError(f"task {spec.name!r} got a context with no readable text "
-                            f"({context[:40]!r}); send the text to find the answer in")
+            raise DataError(f"the context has no readable text ({shown(context)}); send the "
+                            "text to find the answer in")
         return rows
 
     def decode(self, spec, rows, outputs, item):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import check_encoding, read_table
 from ..errors import DataError
-from . import Features, Kind, Row, require_train, seeded_order
+from . import Features, Kind, Row, require_train, seeded_order, shown
 
 IGNORE = -100
 
@@ -225,7 +225,7 @@ class TokenKind(Kind):
         """A text (words found by the tokenizer), or a list of words already split."""
         if isinstance(item, str):
             if not item.strip():
-                raise DataError(f"task {spec.name!r} got an empty text; send the text to tag")
+                raise DataError("the text is empty; send the text to tag")
             enc = tokenizer(item, truncation=True, max_length=spec.max_length,
                             return_offsets_mapping=True)
             words = enc.word_ids()
@@ -249,8 +249,8 @@ class TokenKind(Kind):
                 pos += len(t) + 1
             truncated = max((w for w in words if w is not None), default=-1) < len(item) - 1
         else:
-            raise DataError(f"task {spec.name!r} takes a text or a non-empty list of words, got "
-                            f"{item!r}")
+            raise DataError(f"this task takes a text or a non-empty list of words, got "
+                            f"{shown(item)}")
         return [Row(enc["input_ids"], {"words": words, "spans": word_spans, "text": text,
                                        "truncated": truncated})]
 

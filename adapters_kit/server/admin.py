@@ -9,6 +9,8 @@ requests running on the old version finish with it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from ..cache import AdapterCache
 from ..errors import AdapterFileError
 from ..fsutil import atomic_directory, recover_directory
-from ..store import check_against_base, read_adapter
+from ..store import CHECKSUMS, read_adapter
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
@@ -30,7 +32,9 @@ def install(cache: AdapterCache, name: str, source: str | Path) -> str:
     """Install the adapter directory `source` as task `name`; return the new digest.
 
     Raises AdapterFileError (the message names the problem and the fix) before the store
-    changes if the source is not a complete adapter for this base.
+    changes if the source is not a complete adapter for this base: everything a load checks
+    (the task card included) is checked first. Only the files checksums.json lists are copied,
+    never through a link that leads out of the source, and no file's permissions are widened.
     """
     model, store = cache.model, cache.store
     if "\x00" in str(source):
@@ -40,17 +44,32 @@ def install(cache: AdapterCache, name: str, source: str | Path) -> str:
     if not source.is_absolute():
         raise AdapterFileError(f"source {str(source)!r} is not an absolute path; send the full "
                                "path of an adapter directory on the server")
-    files = read_adapter(source)
-    check_against_base(files, model.model, model.fingerprint)
+    limit = model.max_adapter_bytes()
+    files = read_adapter(source, max_weight_bytes=limit)
+    model.check(files)
+    listed = [*json.loads((source / CHECKSUMS).read_bytes()), CHECKSUMS]
     recover_directory(store.root)
-    with atomic_directory(store.path(name), overwrite=True) as staged:
-        for f in sorted(source.iterdir()):
-            if f.is_file():
-                shutil.copyfile(f, staged / f.name)
-        copy = read_adapter(staged)  # what will take the name, verified byte for byte
+    with atomic_directory(store.path(name), overwrite=True, keep_modes=True) as staged:
+        for file_name in listed:
+            _copy_inside(source, file_name, staged / file_name)
+        copy = read_adapter(staged, max_weight_bytes=limit)  # what takes the name, byte for byte
         if copy.digest != files.digest:
             raise AdapterFileError(f"adapter {source} changed while it was being copied; "
                                    "send it again once it is complete")
-        check_against_base(copy, model.model, model.fingerprint)
+        model.check(copy)
     cache.reload(name)
     return files.digest
+
+
+def _copy_inside(source: Path, name: str, dest: Path) -> None:
+    """Copy source/name to dest; refuse a link that resolves outside `source`."""
+    real_root, real = os.path.realpath(source), os.path.realpath(source / name)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise AdapterFileError(f"adapter {source} refused: {name} is a link to a file outside "
+                               "the adapter directory; copy the real files into it (cp -L)")
+    with open(real, "rb") as src:
+        mode = os.fstat(src.fileno()).st_mode & 0o644  # never wider than the source's
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out)
+            os.fchmod(out.fileno(), mode)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -25,6 +26,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..adapter_meta import task_problems
 from ..cache import AdapterCache
 from ..runtime import MultiTaskModel
 from ..store import AdapterStore
@@ -32,7 +34,7 @@ from . import admin
 from .batcher import Batcher
 from .config import ServeConfig
 from .errors import ServeError, deadline_exceeded, unknown_task
-from .limits import BodyLimit, check_inputs
+from .limits import BodyLimit, JsonBodies, check_inputs
 from .metrics import ServerMetrics
 from .models import (
     AdapterList,
@@ -51,12 +53,27 @@ log = logging.getLogger("adapters_kit.server")
 
 _INPUT_FORM = {"token-classification": "a text, or a list of words",
                "extractive-qa": '{"question": ..., "context": ...} or [question, context]'}
+ENGINE_FAILED_EXIT = 70  # EX_SOFTWARE: `serve` exits with it if the engine thread dies
 _ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404, 413, 422, 429, 503, 504)}
 
 
 def _json(status: int, body: dict, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body), status_code=status, headers=headers,
-                    media_type="application/json")
+    try:
+        text = json.dumps(body, allow_nan=False)
+    except ValueError:  # NaN is not JSON: a null, and a note in the log (adapters are checked
+        log.warning("a response held a non-finite number; sent as null")  # finite at load)
+        text = json.dumps(_finite(body), allow_nan=False)
+    return Response(text, status_code=status, headers=headers, media_type="application/json")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Server:
@@ -105,6 +122,10 @@ class Server:
     async def alive(self) -> bool:
         return self.batcher.alive
 
+    async def healthy(self) -> bool:
+        """False once the engine has died: the process must be restarted (see serve())."""
+        return not self.batcher.failed
+
     async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
         """(kind, outputs, response headers) for one request; raises ServeError."""
         warm = self.is_resident(task)
@@ -131,14 +152,16 @@ class Server:
         """Gather figures kept elsewhere before a scrape (nothing to do in one process)."""
 
     def task_info(self, name: str) -> TaskInfo | None:
+        """A listing's view of a store adapter; None where its metadata is unreadable or invalid
+        (requests for it get the load error, which says why)."""
         try:
-            task = self.store.info(name)["task"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # unreadable metadata: requests for it get the load error
-        kind = task.get("kind", "classification")
-        pair = len(task.get("text_fields", ["text"])) == 2
-        form = _INPUT_FORM.get(kind, "[text_a, text_b]" if pair else "a text")
-        return TaskInfo(name=name, kind=kind, labels=list(task.get("labels", [])), input=form)
+            spec, problems = task_problems(self.store.info(name))
+        except Exception:
+            return None
+        if spec is None or problems:
+            return None
+        form = _INPUT_FORM.get(spec.kind, "[text_a, text_b]" if spec.is_pair else "a text")
+        return TaskInfo(name=name, kind=spec.kind, labels=list(spec.labels), input=form)
 
 
 def served_headers(served_by: str, warm: bool) -> dict[str, str]:
@@ -183,6 +206,11 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400:  # FastAPI could not parse the body: bad UTF-8, bad or deep JSON
+            return _json(422, {"error": {"code": "invalid_request", "message": (
+                "the body is not a JSON document this server can read (invalid UTF-8, invalid "
+                "JSON, or nested too deeply); send a JSON object such as "
+                '{"task": "sst2", "inputs": ["a text"]} (see the request schema at /docs)')}})
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _json(e.status_code, {"error": {"code": code, "message": str(e.detail)}},
                      getattr(e, "headers", None))
@@ -302,8 +330,12 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
 
     # -- operations -----------------------------------------------------------------------------
 
-    @app.get("/healthz", response_model=Health, summary="The process answers")
+    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}},
+             summary="The process is alive: it answers, and its engine runs")
     async def healthz():
+        if not await srv.healthy():
+            raise ServeError(503, "engine_failed", "the engine thread died; this process cannot "
+                             "answer predictions and must be restarted")
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}},
@@ -319,7 +351,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
         await srv.refresh_metrics()
         return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return _Instrumented(BodyLimit(app, config.max_body_bytes), app, srv.metrics)
+    return _Instrumented(BodyLimit(JsonBodies(app), config.max_body_bytes), app, srv.metrics)
 
 
 class _Instrumented:
@@ -375,6 +407,17 @@ def serve(config: ServeConfig) -> None:
     print(f"adapters-kit serve: {len(names)} adapters in {config.store}, base "
           f"{config.backbone}; http://{config.host}:{config.port}/docs", file=sys.stderr,
           flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                  timeout_graceful_shutdown=int(config.shutdown_grace_s) or 1,
-                                  access_log=False)).run()
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
+                                           log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=int(config.shutdown_grace_s) or 1))
+
+    def engine_died() -> None:  # on the engine thread: ask uvicorn to stop, as SIGTERM does
+        server.should_exit = True
+
+    srv.batcher.on_failure.append(engine_died)
+    server.run()
+    if srv.batcher.failed:
+        print(f"adapters-kit serve: the engine thread died (the log above says why); exiting "
+              f"with status {ENGINE_FAILED_EXIT} so that a supervisor restarts the server",
+              file=sys.stderr, flush=True)
+        sys.exit(ENGINE_FAILED_EXIT)

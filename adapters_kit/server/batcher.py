@@ -16,6 +16,7 @@ the others in the batch are answered as usual.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -45,6 +46,10 @@ class Job:
     """time.monotonic() after which the request is not worth running."""
 
 
+class _TooCostly(Exception):
+    """A request whose inputs expand to more model rows than one request may cost."""
+
+
 @dataclass
 class _Prepared:
     job: Job
@@ -62,19 +67,19 @@ def coerce_input(task: ResidentTask, item) -> object:
             return item
         if isinstance(item, list) and len(item) == 2:
             return tuple(item)
-        raise DataError(f"task {spec.name!r} (extractive-qa) takes {{\"question\": ..., "
-                        f"\"context\": ...}} or [question, context] per input")
+        raise DataError("this task (extractive-qa) takes {\"question\": ..., \"context\": ...} or "
+                        "[question, context] per input")
     if isinstance(item, dict):
-        raise DataError(f"task {spec.name!r} ({spec.kind}) does not take an object input; "
-                        "send " + _expected(task))
+        raise DataError(f"this task ({spec.kind}) does not take an object input; send "
+                        + _expected(task))
     if spec.kind == "token-classification":
         return item  # a text, or a list of words
     if spec.is_pair:
         if isinstance(item, list) and len(item) == 2:
             return tuple(item)
-        raise DataError(f"task {spec.name!r} takes a pair of texts per input: send [text_a, text_b]")
+        raise DataError("this task takes a pair of texts per input: send [text_a, text_b]")
     if not isinstance(item, str):
-        raise DataError(f"task {spec.name!r} takes one text per input: send a string")
+        raise DataError("this task takes one text per input: send a string")
     return item
 
 
@@ -105,6 +110,9 @@ class Batcher:
         self._pending = 0  # inputs queued, not yet taken by the engine thread
         self._cond = threading.Condition()
         self._stopping = False
+        self._failed = False
+        self.on_failure: list = []
+        """Called (on the engine thread) if it dies; serve() ends the process non-zero."""
         self._thread = threading.Thread(target=self._work, name="adapters-kit-engine", daemon=True)
 
     # -- the asyncio side -----------------------------------------------------------------------
@@ -147,25 +155,58 @@ class Batcher:
 
     # -- the engine thread ----------------------------------------------------------------------
 
-    def _work(self) -> None:
-        import torch
+    @property
+    def failed(self) -> bool:
+        """The engine thread ended without a stop: nothing will answer predictions again."""
+        return self._failed
 
-        torch.set_num_threads(self.config.engine_threads())  # see ServeConfig.torch_threads
-        while True:
-            batch = self._gather()
-            if batch is None:
-                return
-            if batch:
+    def _work(self) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(self.config.engine_threads())  # see ServeConfig.torch_threads
+            while True:
                 try:
-                    self._run(batch)
-                except Exception:  # the thread must survive anything one batch does
-                    log.exception("engine batch failed")
-                    for p in batch:
-                        _resolve(p.job, error=ServeError(500, "internal", "the engine failed on "
-                                                         "this batch; the error is in the log"))
-                finally:
-                    for p in batch:
-                        self.model.release(p.task)
+                    batch = self._gather()
+                except Exception:  # a request that _prepare could not answer; it answered it
+                    log.exception("gathering a batch failed")
+                    continue
+                if batch is None:
+                    return
+                if batch:
+                    self._run_safely(batch)
+        except BaseException:
+            # Nothing one request or adapter does reaches here (each is answered alone above).
+            # If anything does, the process must not look alive: /healthz fails from now on
+            # and the owner of the server (serve(): exits non-zero) is told.
+            log.critical("the engine thread died; no prediction can be answered", exc_info=True)
+            self._failed = True
+            self._fail_queued()
+            for callback in self.on_failure:
+                with contextlib.suppress(Exception):
+                    callback()
+            raise
+
+    def _run_safely(self, batch: list[_Prepared]) -> None:
+        try:
+            self._run(batch)
+        except Exception:  # the thread must survive anything one batch does
+            log.exception("engine batch failed")
+            for p in batch:
+                _resolve(p.job, error=ServeError(500, "internal", "the engine failed on "
+                                                 "this batch; the error is in the log"))
+        finally:
+            for p in batch:
+                self.model.release(p.task)
+
+    def _fail_queued(self) -> None:
+        with self._cond:
+            self._stopping = True
+            jobs, self._queue = list(self._queue), deque()
+            self._pending = 0
+        for job in jobs:
+            _resolve(job, error=ServeError(503, "engine_failed", "the engine stopped; retry "
+                                           "against another instance or after a restart"))
 
     def _take(self, timeout: float | None) -> Job | None:
         """The next queued job, waiting up to `timeout` (None: until one comes or a stop)."""
@@ -203,6 +244,15 @@ class Batcher:
 
     def _prepare(self, job: Job) -> _Prepared | None:
         """Make the job's task resident, lease it and tokenise; on failure answer the job."""
+        try:
+            return self._prepare_job(job)
+        except Exception:
+            log.exception("preparing a request for %s failed", job.task)
+            _resolve(job, error=ServeError(500, "internal", "the request could not be prepared; "
+                                           "the error is in the server log"))
+            return None
+
+    def _prepare_job(self, job: Job) -> _Prepared | None:
         if job.future.done():
             return None
         if time.monotonic() > job.deadline:
@@ -219,23 +269,31 @@ class Batcher:
                                            "unloaded while the request waited; retry"))
             return None
         try:
-            items, rows = [], []
+            items, rows, n_rows = [], [], 0
+            limit = self.config.max_request_rows
             for i, x in enumerate(job.inputs):
                 try:
                     items.append(coerce_input(task, x))
-                    rows.append(self.model._encode(task, items[-1]))
+                    rows.append(self.model.encode(task, items[-1]))
                 except DataError as e:
-                    raise DataError(f"inputs[{i}]: {e}") from e
+                    raise DataError(f"task {job.task!r}: inputs[{i}]: {e}") from None
+                n_rows += len(rows[-1])
+                if n_rows > limit:  # a long QA context becomes many windows: bound the cost
+                    raise _TooCostly(f"inputs[0..{i}] already expand to {n_rows} model rows "
+                                     f"(windows of at most {task.spec.max_length} word pieces); "
+                                     f"at most {limit} are accepted per request "
+                                     "(max_request_rows): send fewer or shorter inputs")
+        except _TooCostly as e:
+            self.model.release(task)
+            _resolve(job, error=ServeError(413, "too_many_rows", str(e)))
+            return None
         except DataError as e:
             self.model.release(task)
             _resolve(job, error=ServeError(422, "invalid_input", str(e)))
             return None
-        except Exception:
+        except BaseException:
             self.model.release(task)
-            log.exception("tokenising a request for %s failed", job.task)
-            _resolve(job, error=ServeError(500, "internal", "the request could not be "
-                                           "tokenised; the error is in the server log"))
-            return None
+            raise
         return _Prepared(job, task, items, rows)
 
     def _load_error(self, name: str, error: Exception) -> ServeError:
@@ -265,13 +323,24 @@ class Batcher:
                 chunks.append([bij])
         self.metrics.batch_inputs.observe(sum(len(p.items) for p in batch))
         self.metrics.batch_tasks.observe(len({p.task.name for p in batch}))
+        expired: set[int] = set()
         for chunk in chunks:
+            # between chunks: a request past its deadline (its caller has its 504) costs no more
+            now = time.monotonic()
+            expired |= {b for b, _, _ in chunk if batch[b].job.future.done()
+                        or now > batch[b].job.deadline}
+            chunk = [bij for bij in chunk if bij[0] not in expired]
+            if not chunk:
+                continue
             self.metrics.batch_rows.observe(len(chunk))
-            outs = self.model._forward([batch[b].rows[i][j].ids for b, i, j in chunk],
-                                       [batch[b].task for b, _, _ in chunk])
+            outs = self.model.forward([batch[b].rows[i][j].ids for b, i, j in chunk],
+                                      [batch[b].task for b, _, _ in chunk])
             for (b, i, j), out in zip(chunk, outs):
                 batch[b].outs[i][j] = out
-        for p in batch:
+        for b, p in enumerate(batch):
+            if b in expired:
+                _resolve(p.job, error=deadline_exceeded(self.config.deadline_s))
+                continue
             try:
                 result = [p.task.impl.decode(p.task.spec, rows, outs, item)
                           for item, rows, outs in zip(p.items, p.rows, p.outs)]

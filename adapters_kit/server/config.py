@@ -43,6 +43,9 @@ class ServeConfig:
     """Most inputs in one predict request; more gets 413."""
     max_chars: int = 20_000
     """Most characters in one input (all its texts together); more gets 422."""
+    max_request_rows: int = 256
+    """Most model rows one request may expand to: a long QA context becomes several windows of
+    max_length word pieces, so characters alone do not bound the cost. More gets 413."""
     queue_inputs: int = 1024
     """Most inputs waiting for the engine across all requests; a request that does not fit
     gets 429 with Retry-After, so memory stays bounded under any load."""

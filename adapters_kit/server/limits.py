@@ -71,6 +71,47 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class JsonBodies:
+    """ASGI middleware: a POST or PUT body sent without a JSON content type is read as JSON.
+
+    `curl -d '{...}'` sends `application/x-www-form-urlencoded`, and a bare client may send no
+    content type at all; every body this API takes is JSON, so both are taken as JSON rather
+    than refused with a confusing schema error. Other content types are left as they are.
+    """
+
+    _AS_JSON = (b"", b"application/x-www-form-urlencoded")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            given = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if given.split(b";")[0].strip().lower() in self._AS_JSON:
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+def _texts(item):
+    if isinstance(item, str):
+        yield item
+    elif isinstance(item, dict):
+        yield from (v for v in item.values() if isinstance(v, str))
+    else:
+        yield from (x for x in item if isinstance(x, str))
+
+
+def bad_unicode(text: str) -> int | None:
+    """The position of the first character that is not encodable text (a lone surrogate such
+    as "\\ud800", which JSON can carry and no tokenizer reads), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
 def input_chars(item) -> int:
     if isinstance(item, str):
         return len(item)
@@ -87,6 +128,12 @@ def check_inputs(inputs: list, config: ServeConfig) -> None:
         raise ServeError(413, "too_many_inputs", f"{len(inputs)} inputs in one request; at most "
                          f"{config.max_inputs} are accepted: split them over several requests")
     for i, item in enumerate(inputs):
+        for text in _texts(item):
+            at = bad_unicode(text)
+            if at is not None:
+                raise ServeError(422, "invalid_input", f"inputs[{i}] is not valid Unicode text: "
+                                 f"character {at} is a lone surrogate ({text[at]!r}); send "
+                                 "UTF-8 text")
         n = input_chars(item)
         if n > config.max_chars:
             raise ServeError(422, "input_too_long", f"inputs[{i}] has {n} characters; at most "

@@ -167,6 +167,11 @@ class RayServer(Server):
             return bool(states) and all(s["alive"] for s in states)
         return False
 
+    async def healthy(self) -> bool:
+        # The gateway runs no engine; a replica whose engine died fails Ray's health check
+        # (EngineReplica.check_health) and Ray replaces it.
+        return True
+
     async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
         handle = self.engine.options(multiplexed_model_id=task)
         answer = await handle.predict.remote(inputs, deadline - time.monotonic())
