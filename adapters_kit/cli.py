@@ -173,7 +173,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ServeConfig fields the command line may set (defaults and meaning: ServeConfig, README)
-_SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int, "queue_inputs": int,
+_SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int,
+                 "max_request_rows": int, "queue_inputs": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
                  "torch_threads": int}
 

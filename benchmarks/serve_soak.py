@@ -9,7 +9,8 @@ training), plus three damaged adapters whose files pass the checksum but hold a 
 (`labels: 5`, an unknown task-card key, a string `lora_alpha`). `adapters-kit serve` runs as a
 subprocess on loopback.
 
-C concurrent clients send requests for the whole run, one after the other: 1 in 50 at a
+C concurrent clients send requests for the whole run, one after the other (after a 429, a
+client waits the Retry-After the server sends, as a well-behaved client does): 1 in 50 at a
 damaged adapter, 1 in 100 an oversized QA request (50 inputs of about 19,000 characters each,
 under the per-input limit; about 800 windows of 384 word pieces in all), the rest 1-4 real
 texts (SST-2, AG News, CoNLL-2003 sentences, SQuAD dev questions) for a random good task.
@@ -268,6 +269,10 @@ async def soak(server: Supervised, seconds: float, clients: int, kinds: dict[str
                 records.append((sent - t0, done - sent, status, target))
                 if target == "normal" and status in ("200", "429"):
                     last_healthy = done
+                if status == "429":  # a well-behaved client waits as the server asks
+                    with contextlib.suppress(ValueError):
+                        pause = float(r.headers.get("Retry-After", "1"))
+                        await asyncio.sleep(min(pause, max(0.0, end - time.monotonic())))
 
         async def watch() -> None:
             """Restart the server when its engine is dead: exited, /readyz 503, or stalled."""

@@ -237,6 +237,33 @@ def test_a_started_batch_stops_between_chunks_once_its_requests_are_past_their_d
     assert 1 <= len(calls) < 20, f"{len(calls)} of 20 chunks ran for a request past its deadline"
 
 
+def test_work_that_cannot_finish_before_its_deadline_is_refused_with_429_at_the_door(
+        store, tiny_distilbert):
+    """With the engine held, the queue grows; once its expected wait passes the deadline, new
+    requests get 429 with Retry-After at once instead of a 504 after holding a place."""
+    from test_server import engine_held
+
+    body = {"task": "tiny_sentiment", "inputs": ["the film was great and lovely " * 60] * 64}
+    settings = {"deadline_s": 2.0, "queue_inputs": 100_000}
+    with running(store, tiny_distilbert, **settings) as (url, app):
+        for _ in range(3):  # the engine's rate is measured on real batches
+            assert httpx.post(url + "/v1/predict", json=body, timeout=30).status_code == 200
+        with httpx.Client(base_url=url, timeout=30) as client, engine_held(app):
+            refused = None
+            for _ in range(200):
+                try:
+                    r = client.post("/v1/predict", json=body, timeout=0.2)
+                except httpx.TimeoutException:
+                    continue  # admitted: it waits behind the held engine
+                refused = r
+                break
+        assert refused is not None, "the queue never refused a request it could not serve in time"
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert "deadline" in refused.json()["error"]["message"]
+        assert refused.headers["Retry-After"] == "1"
+
+
 def test_bad_inputs_and_bodies_get_422_with_the_name_the_tenant_asked_for(store, tiny_distilbert):
     shutil.copytree(store / "tiny_sentiment", store / "Customer.Sentiment")
     with running(store, tiny_distilbert) as (url, _):

@@ -29,6 +29,7 @@ from ..kinds import Row
 from ..runtime import ResidentTask
 from .config import ServeConfig
 from .errors import ServeError, deadline_exceeded, unknown_task
+from .limits import input_chars
 from .metrics import ServerMetrics
 
 log = logging.getLogger("adapters_kit.server")
@@ -44,6 +45,12 @@ class Job:
     future: asyncio.Future
     deadline: float
     """time.monotonic() after which the request is not worth running."""
+    chars: int = 0
+    """Characters of all its inputs: the admission estimate's unit of work."""
+
+
+ADMIT_SHARE = 0.8
+"""A request is refused (429) when its expected wait exceeds this share of its deadline."""
 
 
 class _TooCostly(Exception):
@@ -111,6 +118,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._failed = False
+        self._pending_chars = 0  # characters of the queued inputs
+        self._chars_per_s = 0.0  # the engine's recent rate (0: not yet measured)
+        self._batch_chars, self._batch_started = 0, 0.0
         self.on_failure: list = []
         """Called (on the engine thread) if it dies; serve() ends the process non-zero."""
         self._thread = threading.Thread(target=self._work, name="adapters-kit-engine", daemon=True)
@@ -127,11 +137,21 @@ class Batcher:
     def submit(self, task: str, inputs: list, deadline: float) -> asyncio.Future:
         """Queue a request; its future gets the outputs or a ServeError. Never blocks."""
         loop = asyncio.get_running_loop()
-        job = Job(task, inputs, loop, loop.create_future(), deadline)
+        job = Job(task, inputs, loop, loop.create_future(), deadline,
+                  sum(input_chars(x) for x in inputs))
         with self._cond:
             if self._stopping:
                 raise ServeError(503, "shutting_down", "the server is shutting down; retry "
                                  "against another instance or after it restarts")
+            wait = self.expected_wait(job.chars)
+            if wait is not None and wait > ADMIT_SHARE * (deadline - time.monotonic()):
+                # It would wait past its deadline and get 504 after holding a place: refused
+                # now, while the caller can still go elsewhere.
+                self.metrics.rejected.labels("deadline_unreachable").inc()
+                raise ServeError(429, "overloaded", f"the server's queue holds about {wait:.1f} s "
+                                 "of work, more than this request's deadline leaves; retry after "
+                                 f"{self.config.retry_after_s} s",
+                                 headers={"Retry-After": str(self.config.retry_after_s)})
             if self._pending + len(inputs) > self.config.queue_inputs:
                 self.metrics.rejected.labels("queue_full").inc()
                 raise ServeError(429, "overloaded", f"the server's queue is full "
@@ -141,9 +161,18 @@ class Batcher:
                                  headers={"Retry-After": str(self.config.retry_after_s)})
             self._queue.append(job)
             self._pending += len(inputs)
+            self._pending_chars += job.chars
             self.metrics.queue_depth.set(self._pending)
             self._cond.notify()
         return job.future
+
+    def expected_wait(self, chars: int) -> float | None:
+        """Seconds until a request of `chars` characters would be answered, from the queue's
+        characters and the engine's recent rate; None while the queue is empty or the rate is
+        not yet known (a request is never refused for its own size alone)."""
+        if not self._pending_chars or not self._chars_per_s:
+            return None
+        return (self._pending_chars + chars) / self._chars_per_s
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new requests, run every queued one, then end the engine thread."""
@@ -175,6 +204,7 @@ class Batcher:
                     return
                 if batch:
                     self._run_safely(batch)
+                self._measure()
         except BaseException:
             # Nothing one request or adapter does reaches here (each is answered alone above).
             # If anything does, the process must not look alive: /healthz fails from now on
@@ -186,6 +216,13 @@ class Batcher:
                 with contextlib.suppress(Exception):
                     callback()
             raise
+
+    def _measure(self) -> None:
+        """The engine's rate in characters a second: a moving average over batches."""
+        seconds = time.monotonic() - self._batch_started
+        if self._batch_chars and seconds > 0:
+            rate = self._batch_chars / seconds
+            self._chars_per_s = rate if not self._chars_per_s else 0.8 * self._chars_per_s + 0.2 * rate
 
     def _run_safely(self, batch: list[_Prepared]) -> None:
         try:
@@ -203,7 +240,7 @@ class Batcher:
         with self._cond:
             self._stopping = True
             jobs, self._queue = list(self._queue), deque()
-            self._pending = 0
+            self._pending = self._pending_chars = 0
         for job in jobs:
             _resolve(job, error=ServeError(503, "engine_failed", "the engine stopped; retry "
                                            "against another instance or after a restart"))
@@ -221,14 +258,18 @@ class Batcher:
                 self._cond.wait(remaining)
             job = self._queue.popleft()
             self._pending -= len(job.inputs)
+            self._pending_chars -= job.chars
+            self._batch_chars += job.chars
             self.metrics.queue_depth.set(self._pending)
             return job
 
     def _gather(self) -> list[_Prepared] | None:
         """Requests for one batch (possibly none servable); None once stopped and drained."""
+        self._batch_chars = 0
         job = self._take(None)
         if job is None:
             return None
+        self._batch_started = time.monotonic()  # work from here: the idle wait is not counted
         batch: list[_Prepared] = []
         tokens = 0
         end = time.monotonic() + self.config.max_wait_ms / 1000

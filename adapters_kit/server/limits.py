@@ -113,11 +113,7 @@ def bad_unicode(text: str) -> int | None:
 
 
 def input_chars(item) -> int:
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, dict):
-        return sum(len(v) for v in item.values() if isinstance(v, str))
-    return sum(len(x) for x in item)
+    return sum(len(text) for text in _texts(item))
 
 
 def check_inputs(inputs: list, config: ServeConfig) -> None:
