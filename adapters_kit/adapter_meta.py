@@ -16,7 +16,7 @@ import stat
 import struct
 from pathlib import Path
 
-from .errors import TaskError
+from .errors import TaskError, shown
 from .tasks import TaskSpec
 
 FORMAT_VERSION = 1
@@ -80,14 +80,14 @@ def config_problems(config) -> list[str]:
         pattern = config.get(key) or {}
         if not isinstance(pattern, dict) or not all(isinstance(k, str) and check(v)
                                                     for k, v in pattern.items()):
-            out.append(f"{key} must map module names to {what}, got {_short(pattern)}")
+            out.append(f"{key} must map module names to {what}, got {shown(pattern)}")
     targets = config.get("target_modules")
     if targets is not None and not isinstance(targets, str) and not (
             isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        out.append(f"target_modules must be a name or a list of names, got {_short(targets)}")
+        out.append(f"target_modules must be a name or a list of names, got {shown(targets)}")
     saved = config.get("modules_to_save")
     if saved is not None and not (isinstance(saved, list) and all(isinstance(m, str) for m in saved)):
-        out.append(f"modules_to_save must be a list of names or null, got {_short(saved)}")
+        out.append(f"modules_to_save must be a list of names or null, got {shown(saved)}")
     return out
 
 
@@ -120,7 +120,7 @@ def task_problems(meta) -> tuple[TaskSpec | None, list[str]]:
     if not isinstance(backbone, dict) or not isinstance(backbone.get("fingerprint"), str):
         out.append("backbone must be an object with the base's fingerprint (a string)")
     elif not isinstance(backbone.get("name", ""), (str, type(None))):
-        out.append(f"backbone.name must be a string, got {_short(backbone.get('name'))}")
+        out.append(f"backbone.name must be a string, got {shown(backbone.get('name'))}")
     task = meta.get("task")
     spec = None
     if not isinstance(task, dict):
@@ -196,8 +196,3 @@ def _weights_problems(file: Path, size: int, max_weight_bytes: int | None) -> li
         out.append(f"{file.name} claims {claimed} bytes of tensors, more than this base allows for "
                    f"one adapter ({max_weight_bytes})")
     return out
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

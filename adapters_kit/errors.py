@@ -23,3 +23,9 @@ class AdapterFileError(AdaptersKitError, ValueError):
 
 class DataWarning(UserWarning):
     """Training data had examples that were skipped (each is named, and counted)."""
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value for an error message, cut short: a request's input is not echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import TaskError
+from .errors import TaskError, shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -253,13 +253,9 @@ def _type_problems(spec: TaskSpec) -> list[str]:
         value = getattr(spec, f.name)
         if not _type_ok(value, hints[f.name]):
             out.append(f"{f.name} must be {_type_name(hints[f.name])}, got {type(value).__name__} "
-                       f"{_short(value)}")
+                       f"{shown(value)}")
     return out
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

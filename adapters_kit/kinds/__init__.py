@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, shown  # noqa: F401 (the kinds' messages use it)
 
 
 @dataclass
@@ -90,12 +90,6 @@ class Kind:
 
     def decode(self, spec, rows: list[Row], outputs: list[torch.Tensor], item) -> dict:
         raise NotImplementedError
-
-
-def shown(value, limit: int = 40) -> str:
-    """A value for an error message, cut short: a request's input is not echoed back whole."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def require_train(spec) -> str:
