@@ -46,7 +46,7 @@ class SequenceKind(Kind):
             want = "a pair of texts" if spec.is_pair else "one text"
             raise DataError(f"this task takes {want} per input, got {shown(item)}")
         if not all(p.strip() for p in parts):
-            raise DataError("the text is empty; send the text to classify")
+            raise DataError("got an empty text; send the text to classify")
         return [Row(tokenizer(*parts, truncation=True, max_length=spec.max_length)["input_ids"])]
 
     def decode(self, spec, rows, outputs, item):

@@ -248,7 +248,7 @@ class SpanKind(Kind):
         question, context = item
         for what, value in (("question", question), ("context", context)):
             if not value.strip():
-                raise DataError(f"the {what} is empty; a question needs both "
+                raise DataError(f"got an empty {what}; a question needs both "
                                 "a question and a context to find its answer in")
         if len(tokenizer(question)["input_ids"]) > spec.max_length // 2:
             raise DataError(f"the question is longer than half of max_length {spec.max_length} "

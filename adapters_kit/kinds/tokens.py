@@ -225,7 +225,7 @@ class TokenKind(Kind):
         """A text (words found by the tokenizer), or a list of words already split."""
         if isinstance(item, str):
             if not item.strip():
-                raise DataError("the text is empty; send the text to tag")
+                raise DataError("got an empty text; send the text to tag")
             enc = tokenizer(item, truncation=True, max_length=spec.max_length,
                             return_offsets_mapping=True)
             words = enc.word_ids()

@@ -49,8 +49,9 @@ class Job:
     """Characters of all its inputs: the admission estimate's unit of work."""
 
 
-ADMIT_SHARE = 0.8
-"""A request is refused (429) when its expected wait exceeds this share of its deadline."""
+ADMIT_SHARE = 0.5
+"""A request is refused (429) when its expected wait exceeds this share of its deadline: the
+estimate is a moving average, and a batch already running may hold long rows."""
 
 
 class _TooCostly(Exception):
@@ -172,7 +173,7 @@ class Batcher:
         not yet known (a request is never refused for its own size alone)."""
         if not self._pending_chars or not self._chars_per_s:
             return None
-        return (self._pending_chars + chars) / self._chars_per_s
+        return (self._pending_chars + self._batch_chars + chars) / self._chars_per_s
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new requests, run every queued one, then end the engine thread."""
@@ -203,8 +204,11 @@ class Batcher:
                 if batch is None:
                     return
                 if batch:
+                    # the rate counts what was served: a refused request's characters (an
+                    # oversized one is refused after tokenising part of it) would inflate it
+                    self._batch_chars = sum(p.job.chars for p in batch)
                     self._run_safely(batch)
-                self._measure()
+                    self._measure()
         except BaseException:
             # Nothing one request or adapter does reaches here (each is answered alone above).
             # If anything does, the process must not look alive: /healthz fails from now on
@@ -223,6 +227,7 @@ class Batcher:
         if self._batch_chars and seconds > 0:
             rate = self._batch_chars / seconds
             self._chars_per_s = rate if not self._chars_per_s else 0.8 * self._chars_per_s + 0.2 * rate
+        self._batch_chars = 0
 
     def _run_safely(self, batch: list[_Prepared]) -> None:
         try:
@@ -259,13 +264,11 @@ class Batcher:
             job = self._queue.popleft()
             self._pending -= len(job.inputs)
             self._pending_chars -= job.chars
-            self._batch_chars += job.chars
             self.metrics.queue_depth.set(self._pending)
             return job
 
     def _gather(self) -> list[_Prepared] | None:
         """Requests for one batch (possibly none servable); None once stopped and drained."""
-        self._batch_chars = 0
         job = self._take(None)
         if job is None:
             return None
