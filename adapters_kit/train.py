@@ -183,13 +183,19 @@ def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
     return torch.stack(predict_outputs(model, kind_of("classification"), ids, pad_id, batch_size))
 
 
+BEST = "best.safetensors"
+
+
 class _Checkpoint:
-    """Resume state: trainable tensors, optimizer moments and RNG, written atomically."""
+    """Resume state: trainable tensors, optimizer moments, RNG and the best state so far.
+
+    Each save replaces the whole directory atomically, so the best state is written into
+    every save: a save after an evaluation that did not improve must not drop it."""
 
     def __init__(self, directory: Path, key: str) -> None:
         self.dir, self.key = directory, key
 
-    def save(self, params, optimizer, progress: dict) -> None:
+    def save(self, params, optimizer, progress: dict, best: dict[str, torch.Tensor] | None) -> None:
         from safetensors.torch import save_file
 
         tensors = {f"param/{n}": p.detach().clone() for n, p in params.items()}
@@ -204,6 +210,15 @@ class _Checkpoint:
         with atomic_directory(self.dir, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
             (tmp / "progress.json").write_text(json.dumps({"key": self.key, **progress}))
+            if best is not None:
+                save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / BEST))
+
+    def best(self) -> dict[str, torch.Tensor] | None:
+        """The best adapter state saved with the checkpoint, if any."""
+        from safetensors.torch import load_file
+
+        path = self.dir / BEST
+        return load_file(str(path)) if path.exists() else None
 
     def load(self, params, optimizer) -> dict | None:
         from safetensors.torch import load_file
@@ -320,11 +335,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
                 for _ in range(state["step"]):
                     schedule.step()
-            best_file = ckpt.dir / "best.safetensors"
-            if best_file.exists():
-                from safetensors.torch import load_file
-
-                best_state = load_file(str(best_file))
+            best_state = ckpt.best()
     higher_is_better = spec.metric != "mse"
     stepper = procs.wrap(model)  # training steps go through DDP; evaluation and saving use `model`
     if procs.size > 1:  # each process its own dropout masks, as it has its own rows
@@ -383,11 +394,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 bar.set_postfix(loss=f"{loss_value:.3f}", **{spec.metric: f"{value:.4f}"})
                 state["step"], state["seconds"] = step, time.perf_counter() - started
                 if step < total_steps and procs.is_main:
-                    ckpt.save(params, optimizer, state)
-                    if better and best_state is not None:
-                        from safetensors.torch import save_file
-
-                        save_file(best_state, str(ckpt.dir / "best.safetensors"))
+                    ckpt.save(params, optimizer, state, best_state)
                 if state["bad_evals"] >= config.patience or over_time:
                     stopped_early = True
             if stop_after_step is not None and step >= stop_after_step:
