@@ -326,7 +326,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     train_feats = kind.featurize(spec, tokenizer, train_split, training=True)
     dev_feats = kind.featurize(spec, tokenizer, dev_split)
     train_ids, dev_ids = train_feats.ids, dev_feats.ids
-    loss_weight = heads.class_weights(spec.kind, spec.labels, spec.class_weights, train_split.targets)
+    loss_weight = None if spec.class_weights is None else heads.class_weights(
+        spec.kind, spec.labels, spec.class_weights, train_split.targets)  # [n_labels]
     weights_used = None if loss_weight is None else dict(zip(spec.labels, loss_weight.tolist()))
     emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
     lengths = [len(x) for x in train_ids]
