@@ -255,7 +255,7 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise _UsageError(f"{self.prog}: {message}")
+        raise _UsageError(message, self)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,9 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as e:
-        if not as_json:
-            parser.print_usage(sys.stderr)
-        return _fail(as_json, 2, "UsageError", str(e))
+        message, refusing = e.args  # the (sub)command that refused the arguments
+        if as_json:
+            return _fail(as_json, 2, "UsageError", f"{refusing.prog}: {message}")
+        refusing.print_usage(sys.stderr)
+        print(f"{refusing.prog}: error: {message}", file=sys.stderr)  # as argparse words it
+        return 2
     try:
         return args.func(args)
     except (AdaptersKitError, FileExistsError, KeyError) as e:
