@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .errors import AdaptersKitError
+from .metrics import QualityWarning
 
 
 def _print_json(obj: dict) -> None:
     print(json.dumps(obj, indent=None, default=str))
+
+
+def _progress_line(event: dict) -> None:
+    """`--json` training progress: one JSON object a line on stderr (stdout keeps the result)."""
+    print(json.dumps(event, default=str), file=sys.stderr, flush=True)
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        print(f"adapters-kit: warning: {note}", file=sys.stderr)
+
+
+def _class_weights(text: str) -> str | dict[str, float]:
+    """`balanced`, `none`, or `LABEL=W,LABEL=W`."""
+    if text in ("balanced", "none"):
+        return text
+    out = {}
+    for part in text.split(","):
+        label, eq, weight = part.partition("=")
+        try:
+            out[label.strip()] = float(weight)
+        except ValueError:
+            eq = ""
+        if not eq or not label.strip():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a class weighting; give balanced, none, or LABEL=WEIGHT,... "
+                "(e.g. spam=4,ham=1)")
+    return out
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -55,14 +86,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = get_task(args.task)
     if args.data or args.dev_data:
         spec = spec.with_data(args.data, args.dev_data)
+    if args.encoding:
+        spec = dataclasses.replace(spec, encoding=args.encoding)
     out = Path(args.out or Path("adapters") / spec.name)
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          batch_size=args.batch_size, rank=args.rank, targets=args.targets,
                          head=args.head, max_train_examples=args.max_train_examples,
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
+                         class_weights=args.class_weights,
                          resume=not args.no_resume, progress=not args.json)
-    result = train(spec, out, config)
+    with warnings.catch_warnings():  # reported below, once, as the output format wants
+        warnings.simplefilter("ignore", QualityWarning)
+        result = train(spec, out, config, on_progress=_progress_line if args.json else None)
     if not is_main_process():  # under `accelerate launch` the main process reports for all
         return 0
     if args.json:
@@ -73,7 +109,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{spec.name}: dev {spec.metric} {m:.4f}"
               + (f" (TF-IDF baseline {base:.4f})" if base is not None else "")
               + f" in {result.train_seconds:.0f} s; adapter {result.adapter_bytes:,} bytes -> {out}")
+        if result.class_weights:
+            print("class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in result.class_weights.items()))
+        _print_report(result.report)
+        _warn(result.warnings)
     return 0
+
+
+def _print_report(report: dict) -> None:
+    """The per-class table and, for single-label tasks, the confusion matrix."""
+    if not report:
+        return
+    labels = report["labels"]
+    width = max(9, *(len(n) for n in labels))
+    print(f"{'class':<{width}}  precision  recall     f1  support  predicted")
+    for name, r in report["per_class"].items():
+        print(f"{name:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:.4f}  "
+              f"{r['support']:7d}  {r['predicted']:9d}")
+    matrix = report.get("confusion_matrix")
+    if matrix:
+        cell = max(6, *(len(n) for n in labels), *(len(str(v)) for row in matrix for v in row))
+        print(f"confusion (rows: true, columns: predicted)\n{'':<{width}}  "
+              + " ".join(f"{n:>{cell}}" for n in labels))
+        for name, row in zip(labels, matrix):
+            print(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
 
 
 def _model_for(adapter_dir: str):
@@ -91,13 +150,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     model, _, files = _model_for(args.adapter_dir)
-    result = evaluate_adapter(files, args.data, args.split, model=model)  # read once
+    result = evaluate_adapter(files, args.data, args.split, model=model,  # read once
+                              baseline=not args.no_baseline, encoding=args.encoding)
     seconds = time.perf_counter() - started
     if args.json:
         _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path)})
     else:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         print(f"{result['task']} on {result['split']} ({result['examples']} examples): {shown}")
+        if result["baseline"]:
+            print("TF-IDF baseline (trained on the task's train split, same rows): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in result["baseline"].items()))
+        _print_report(result["report"])
+        _warn(result["warnings"])
     return 0
 
 
@@ -185,8 +250,17 @@ def _thread_count(text: str) -> int:
     return int(text)
 
 
+class _UsageError(Exception):
+    """A command-line mistake, raised instead of argparse's exit so `--json` can report it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(message, self)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="adapters-kit", description=(
+    ap = _Parser(prog="adapters-kit", description=(
         "Train small LoRA task adapters for DistilBERT or ALBERT and serve many on one base."))
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -202,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="a registered task name, or a path to a .toml task card")
     p.add_argument("--data", help="training data file (overrides the card; dev is then held out)")
     p.add_argument("--dev-data", help="evaluation data file (overrides the card)")
+    p.add_argument("--encoding", help="text encoding of the data files (default: the card's, "
+                   "else utf-8); Windows files are usually cp1252")
+    p.add_argument("--class-weights", type=_class_weights, metavar="balanced|none|LABEL=W,...",
+                   help="weigh the loss by class (default: the card's class_weights, else none)")
     p.add_argument("--backbone", default="embedded-distilbert",
                    help="embedded-distilbert (default), embedded-albert, a hub name or a folder")
     p.add_argument("--out", help="adapter directory to write (default: adapters/TASK)")
@@ -223,13 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "under `accelerate launch`, cores / processes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
     p.add_argument("--no-resume", action="store_true", help="ignore an interrupted run's checkpoint")
-    p.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (an "
+                   "error too); progress goes to stderr as JSON lines")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="score an adapter on its dev/test split or a data file")
     p.add_argument("adapter_dir")
     p.add_argument("--data", help="a labelled data file in the task's format")
     p.add_argument("--split", default="dev", choices=["dev", "test"])
+    p.add_argument("--encoding", help="text encoding of the --data file (default: the task's)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the TF-IDF baseline (it trains on the task's training split)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -275,19 +357,44 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _fail(as_json: bool, code: int, kind: str, message: str) -> int:
+    """Report a failure: `{"error": {...}}` on stdout under `--json`, else text on stderr."""
+    if as_json:
+        _print_json({"error": {"type": kind, "message": message, "exit_code": code}})
+    else:
+        print(f"adapters-kit: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        message, refusing = e.args  # the (sub)command that refused the arguments
+        if as_json:
+            return _fail(as_json, 2, "UsageError", f"{refusing.prog}: {message}")
+        refusing.print_usage(sys.stderr)
+        print(f"{refusing.prog}: error: {message}", file=sys.stderr)  # as argparse words it
+        return 2
     try:
         return args.func(args)
     except (AdaptersKitError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"adapters-kit: error: {msg}", file=sys.stderr)
-        return 2
+        return _fail(as_json, 2, type(e).__name__, msg)
     except KeyboardInterrupt:
-        print("adapters-kit: interrupted; `train` resumes from its last checkpoint if run again",
-              file=sys.stderr)
-        return 130
+        return _fail(as_json, 130, "Interrupted", "interrupted; `train` resumes from its last "
+                     "checkpoint if run again")
+    except Exception as e:
+        if not as_json:
+            raise
+        import traceback
+
+        traceback.print_exc()  # the details, for a bug report; stdout keeps the JSON
+        return _fail(as_json, 1, type(e).__name__, f"{e} (an internal error: please report it)")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,13 +25,51 @@ class Split:
     targets: torch.Tensor
     """[n] label ids, [n, n_labels] multi-hot floats, or [n] floats for regression."""
     source: str
+    rows: list[int] = field(default_factory=list)
+    """The file's data row of each example (1-based, after the header), for messages."""
 
     def __len__(self) -> int:
         return len(self.texts[0])
 
+    def subset(self, idx: list[int], source: str | None = None) -> Split:
+        """The examples at positions `idx`, keeping their file rows."""
+        return Split(texts=[[col[i] for i in idx] for col in self.texts], targets=self.targets[idx],
+                     source=source or self.source, rows=[self.rows[i] for i in idx])
+
     def joined(self) -> list[str]:
         """Texts with a pair joined by a separator, for the TF-IDF baseline."""
         return [" [SEP] ".join(parts) for parts in zip(*self.texts)]
+
+
+ROW_NOTE = ("Rows are the file's data rows, counted from 1 after the header (row N is line N + 1 "
+            "of a CSV or TSV file whose texts have no line breaks, line N of a JSONL file)")
+
+
+def row_list(rows: list[int], limit: int = 20, unit: str = "row") -> str:
+    """'row 7', 'rows 7, 42', or the first `limit` rows and how many there are in all."""
+    if len(rows) == 1:
+        return f"{unit} {rows[0]}"
+    shown = ", ".join(map(str, rows[:limit]))
+    return f"{unit}s {shown}" + (f", ... ({len(rows)} {unit}s in all)" if len(rows) > limit else "")
+
+
+def refuse_directory(path: Path) -> None:
+    """A directory where a data file belongs: say so, and name what it holds."""
+    if not path.is_dir():
+        return
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    held = ", ".join(names[:20]) + (f", ... ({len(names)} entries)" if len(names) > 20 else "")
+    raise DataError(f"{path} is a directory, not a data file; pass one file in it, e.g. --data "
+                    f"{path / (names[0] if names else 'train.tsv')} (it holds: {held or 'nothing'})")
+
+
+def codec(encoding: str) -> str:
+    """The Python codec name for `encoding`, or an error naming it and the usual choices."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}; give a Python codec name such as "
+                        "utf-8, cp1252 (Windows) or latin-1") from None
 
 
 def _format_of(spec: TaskSpec, path: str) -> str:
@@ -45,8 +84,19 @@ def _format_of(spec: TaskSpec, path: str) -> str:
     return fmt
 
 
+def _decodes(path: Path, encoding: str) -> bool:
+    with open(path, "rb") as f:
+        try:
+            for raw in f:
+                raw.decode(encoding)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
 def check_encoding(path: Path, encoding: str) -> int:
     """Refuse a text file that does not decode, naming the line and the fix; count its lines."""
+    encoding = codec(encoding)
     lines = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -54,10 +104,15 @@ def check_encoding(path: Path, encoding: str) -> int:
             try:
                 raw.decode(encoding)
             except UnicodeDecodeError as e:
+                # cp1252 (Windows "ANSI") is what most non-UTF-8 text files are; latin-1 decodes
+                # any bytes, but turns cp1252's quotes and dashes into control characters.
+                guess = "cp1252" if encoding != "cp1252" and _decodes(path, "cp1252") else "latin-1"
                 raise DataError(
                     f"{path} line {lineno} is not valid {encoding} (byte {raw[e.start]:#04x} at "
-                    f"column {e.start + 1}); re-save the file as UTF-8, or set encoding = "
-                    "\"latin-1\" (or the file's real encoding) in the task card"
+                    f"column {e.start + 1}); re-save the file as UTF-8, or pass --encoding {guess} "
+                    f"(encoding = \"{guess}\" in the task card)"
+                    + (", which decodes the whole file" if guess == "cp1252" else
+                       ", or the file's real encoding")
                 ) from None
     return lines
 
@@ -67,6 +122,8 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
     import datasets
 
     datasets.disable_progress_bars()
+    if spec.format != "hub":
+        refuse_directory(Path(location))
     fmt = _format_of(spec, location)
     if fmt == "hub":
         try:
@@ -77,22 +134,23 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; fix the path in the task card "
                         f"({spec.source or 'register_task'}) or pass --data PATH")
+    utf8 = codec(spec.encoding) == "utf-8"
     if fmt in ("csv", "tsv", "jsonl"):
-        lines = check_encoding(path, "utf-8" if spec.encoding.lower() in ("utf-8", "utf8")
-                               else spec.encoding)
+        lines = check_encoding(path, spec.encoding)
         if lines <= (0 if fmt == "jsonl" else 1):
             raise DataError(f"{path} has no rows; a task needs labelled examples to train and "
                             "evaluate")
     try:
         if fmt in ("csv", "tsv"):
-            enc = "utf-8-sig" if spec.encoding.lower() in ("utf-8", "utf8") else spec.encoding
+            enc = "utf-8-sig" if utf8 else spec.encoding
             kwargs = {"sep": "\t" if fmt == "tsv" else ",", "encoding": enc,
                       "keep_default_na": False}
             if fmt == "tsv":
                 kwargs["quoting"] = 3  # csv.QUOTE_NONE: quotes in text are text
             ds = datasets.load_dataset("csv", data_files=str(path), split="train", **kwargs)
         elif fmt == "jsonl":
-            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+            ds = datasets.load_dataset("json", data_files=str(path), split="train",
+                                      encoding="utf-8" if utf8 else spec.encoding)
         else:
             ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     except DataError:
@@ -102,31 +160,32 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
     return ds
 
 
-def _targets(spec: TaskSpec, raw: list, where: str) -> torch.Tensor:
+def _targets(spec: TaskSpec, raw: list, rows: list[int]) -> tuple[torch.Tensor, str | None]:
+    """Model targets for the label column, and the problem with it (None when every row fits)."""
     bad: dict[str, list[int]] = {}
     if spec.kind == "regression":
         out = []
-        for i, v in enumerate(raw):
+        for row, v in zip(rows, raw):
             try:
                 out.append(float(v))
             except (TypeError, ValueError):
-                bad.setdefault(str(v), []).append(i + 1)
+                bad.setdefault(str(v), []).append(row)
                 out.append(0.0)
         result = torch.tensor(out, dtype=torch.float32)
     elif spec.kind == "classification":
         index = {name: i for i, name in enumerate(spec.labels)}
         ids = []
-        for i, v in enumerate(raw):
+        for row, v in zip(rows, raw):
             key = str(v).strip()
             name = spec.label_map.get(key, key)
             if name not in index:
-                bad.setdefault(key, []).append(i + 1)
+                bad.setdefault(key, []).append(row)
             ids.append(index.get(name, -1))
         result = torch.tensor(ids, dtype=torch.long)
     else:
         index = {name: i for i, name in enumerate(spec.labels)}
         result = torch.zeros(len(raw), len(spec.labels))
-        for i, v in enumerate(raw):
+        for i, (row, v) in enumerate(zip(rows, raw)):
             items = v if isinstance(v, list) else [s for s in str(v).split(spec.label_separator)]
             for item in items:
                 key = str(item).strip()
@@ -134,70 +193,111 @@ def _targets(spec: TaskSpec, raw: list, where: str) -> torch.Tensor:
                     continue
                 name = spec.label_map.get(key, key)
                 if name not in index:
-                    bad.setdefault(key, []).append(i + 1)
+                    bad.setdefault(key, []).append(row)
                 else:
                     result[i, index[name]] = 1.0
-    if bad:
-        parts = [f"{label!r} (rows {', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''})"
-                 for label, rows in list(bad.items())[:5]]
-        expected = "numbers" if spec.kind == "regression" else f"one of {spec.labels}" + (
-            f" or raw values {sorted(spec.label_map)}" if spec.label_map else "")
-        raise DataError(f"{where}: label {'; '.join(parts)} is not in task {spec.name!r}: expected "
-                        f"{expected}. Rows count from 1 after the header. Fix the data, or add "
-                        "the label to the task's labels/label_map")
-    return result
+    if not bad:
+        return result, None
+    parts = [f"{label!r} ({row_list(found)})" for label, found in list(bad.items())[:10]]
+    if len(bad) > 10:
+        parts.append(f"and {len(bad) - 10} more values")
+    expected = "numbers" if spec.kind == "regression" else f"one of {spec.labels}" + (
+        f" or raw values {sorted(spec.label_map)}" if spec.label_map else "")
+    return result, (f"label {'; '.join(parts)} is not in task {spec.name!r}: expected {expected}. "
+                    "Fix the data, or add the label to the task's labels/label_map")
 
 
 def to_split(spec: TaskSpec, ds, where: str) -> Split:
-    """Check columns, texts and labels of a loaded table and turn it into a `Split`."""
+    """Check columns, texts and labels of a loaded table (a whole file) and turn it into a `Split`.
+
+    Every problem is reported at once, each with the file rows it is on."""
     if len(ds) == 0:
         raise DataError(f"{where} has no rows; a task needs labelled examples to train and evaluate")
     needed = [*spec.text_fields, spec.label_field]
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
+        header = (" CSV and TSV files need a header row naming the columns; the first line is "
+                  "read as one." if Path(where).suffix.lower() in (".csv", ".tsv", ".txt") or
+                  spec.format in ("csv", "tsv") else "")
         raise DataError(f"{where} has no column {', '.join(map(repr, missing))} (task {spec.name!r} "
                         f"needs {needed}); the file has columns {ds.column_names}. Rename the "
-                        "columns or set text_fields/label_field in the task card")
-    texts = []
+                        f"columns or set text_fields/label_field in the task card.{header}")
+    rows = list(range(1, len(ds) + 1))
+    texts, problems = [], []
     for col in spec.text_fields:
         values = ds[col]
-        empty = [i + 1 for i, t in enumerate(values) if t is None or not str(t).strip()]
+        empty = [r for r, t in zip(rows, values) if t is None or not str(t).strip()]
         if empty:
-            raise DataError(f"{where}: column {col!r} is empty in rows {empty[:5]}; remove those "
-                            "rows or fill them in")
+            problems.append(f"column {col!r} is empty in {row_list(empty)}; remove those rows or "
+                            "fill them in")
         texts.append([str(t) for t in values])
-    return Split(texts=texts, targets=_targets(spec, ds[spec.label_field], where), source=where)
+    targets, bad_labels = _targets(spec, ds[spec.label_field], rows)
+    if bad_labels:
+        problems.append(bad_labels)
+    if problems:
+        raise DataError(f"{where}: " + f"\n{where}: ".join(problems) + f". {ROW_NOTE}.")
+    return Split(texts=texts, targets=targets, source=where, rows=rows)
+
+
+def _read_split(spec: TaskSpec, location: str, split: str) -> Split:
+    return to_split(spec, read_table(spec, location, split), location)
+
+
+def _index_split(n: int, test_size: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) positions exactly as `datasets.Dataset.train_test_split` draws them."""
+    import datasets
+
+    parts = datasets.Dataset.from_dict({"i": list(range(n))}).train_test_split(
+        test_size=test_size, seed=seed)
+    return parts["train"]["i"], parts["test"]["i"]
+
+
+def _index_shuffle(n: int, seed: int) -> list[int]:
+    """0..n-1 in the order `datasets.Dataset.shuffle(seed=seed)` gives."""
+    import datasets
+
+    return datasets.Dataset.from_dict({"i": list(range(n))}).shuffle(seed=seed)["i"]
 
 
 def load_splits(spec: TaskSpec, seed: int = 0, max_train: int | None = None) -> tuple[Split, Split]:
-    """The task's train and dev splits. Without a dev file, `dev_fraction` of train is held out."""
+    """The task's train and dev splits. Without a dev file, `dev_fraction` of train is held out.
+
+    Each file is checked whole before it is split or subset, so errors name every bad row by
+    its row in the file."""
     if not spec.train:
         raise DataError(f"task {spec.name!r} names no training data; set data.train in its card "
                         "or pass --data PATH")
-    train_ds = read_table(spec, spec.train, "train")
     where = spec.train
     if spec.dev:
-        dev_ds = read_table(spec, spec.dev, "validation")
-        dev = to_split(spec, dev_ds, spec.dev)
+        loaded, errors = [], []
+        for location, split in ((spec.train, "train"), (spec.dev, "validation")):
+            try:
+                loaded.append(_read_split(spec, location, split))
+            except DataError as e:
+                errors.append(str(e))
+        if errors:
+            raise DataError("\n".join(errors))
+        train, dev = loaded
     else:
-        if len(train_ds) < 2:
-            raise DataError(f"{where} has {len(train_ds)} row(s): too few to hold out a dev split")
-        parts = train_ds.train_test_split(test_size=spec.dev_fraction, seed=seed)
-        train_ds, dev = parts["train"], to_split(spec, parts["test"], f"{where} (held-out dev)")
-    if max_train is not None and len(train_ds) > max_train:
-        train_ds = train_ds.shuffle(seed=seed).select(range(max_train))
-    return to_split(spec, train_ds, where), dev
+        full = _read_split(spec, spec.train, "train")
+        if len(full) < 2:
+            raise DataError(f"{where} has {len(full)} row(s): too few to hold out a dev split")
+        train_idx, dev_idx = _index_split(len(full), spec.dev_fraction, seed)
+        train, dev = full.subset(train_idx), full.subset(dev_idx, f"{where} (held-out dev)")
+    if max_train is not None and len(train) > max_train:
+        train = train.subset(_index_shuffle(len(train), seed)[:max_train])
+    return train, dev
 
 
 def load_eval_split(spec: TaskSpec, location: str | None = None, split: str = "dev",
                     seed: int = 0) -> Split:
     """One evaluation split: a given file, or the task's dev/test split."""
     if location:
-        return to_split(spec, read_table(spec, location, "validation"), location)
+        return _read_split(spec, location, "validation")
     if split == "test":
         if not spec.test:
             raise DataError(f"task {spec.name!r} has no test data; pass --data PATH")
-        return to_split(spec, read_table(spec, spec.test, "test"), spec.test)
+        return _read_split(spec, spec.test, "test")
     return load_splits(spec, seed=seed)[1]
 
 

@@ -6,6 +6,7 @@ The head's modules are the backbone's own (`pre_classifier` or the pooler, then
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,12 +17,36 @@ PROBLEM_TYPE = {
 }
 
 
-def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def loss(kind: str, logits: torch.Tensor, targets: torch.Tensor,
+         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The kind's loss; `weight` [n_labels] weighs classes (cross-entropy) or positives (BCE)."""
     if kind == "classification":
-        return F.cross_entropy(logits, targets)
+        return F.cross_entropy(logits, targets, weight=weight)
     if kind == "multi-label":
-        return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
     return F.mse_loss(logits.reshape(-1), targets)
+
+
+def class_weights(kind: str, labels: list[str], setting, targets: torch.Tensor) -> torch.Tensor | None:
+    """Loss weights [n_labels] for a `TaskSpec.class_weights` setting, from the training targets
+    ([n] label ids, or [n, n_labels] multi-hot); None when the setting is none."""
+    if setting is None:
+        return None
+    n = len(labels)
+    if isinstance(setting, dict):
+        return torch.tensor([float(setting.get(name, 1.0)) for name in labels])
+    if kind == "classification":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        y = targets.numpy()
+        present = np.unique(y)
+        out = torch.ones(n)  # a class with no training rows never meets the loss
+        out[torch.from_numpy(present)] = torch.from_numpy(
+            compute_class_weight("balanced", classes=present, y=y)).float()
+        return out
+    positives = targets.sum(0)  # [n_labels]
+    return torch.where(positives > 0, (len(targets) - positives) / positives.clamp(min=1),
+                       torch.ones(n))
 
 
 def model_inputs(arch: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -75,6 +75,11 @@ class TaskSpec:
     epochs: float = 3.0
     learning_rate: float = 1e-3
     batch_size: int = 32
+    class_weights: str | dict[str, float] | None = None
+    """Loss weights per label: `"balanced"` (sklearn's n_rows / (n_classes * rows of the class),
+    from the training rows), a table label -> weight (labels not named weigh 1), or none.
+    Classification weights its cross-entropy; multi-label sets BCE's `pos_weight` per label
+    (`"balanced"`: negative rows / positive rows). Other kinds refuse it."""
     max_length: int = 128
     """Word pieces per input (extractive QA: per window, 384 by default)."""
     doc_stride: int = 128
@@ -143,6 +148,9 @@ class TaskSpec:
             elif self.metric not in METRICS[self.kind]:
                 problems.append(f"metric {self.metric!r} does not fit {self.kind}; use one of "
                                 f"{list(METRICS[self.kind])}")
+        if self.class_weights == "none":
+            self.class_weights = None
+        problems += _class_weight_problems(self.kind, self.labels, self.class_weights)
         if not (1 <= len(self.text_fields) <= 2):
             problems.append(f"text_fields must name one or two columns, got {self.text_fields!r}")
         bad_map = sorted(set(self.label_map.values()) - set(self.labels))
@@ -256,6 +264,27 @@ def _type_problems(spec: TaskSpec) -> list[str]:
                        f"{shown(value)}")
     return out
 
+
+def _class_weight_problems(kind: str, labels: list[str], value) -> list[str]:
+    if value is None:
+        return []
+    if kind not in ("classification", "multi-label"):
+        return [f"class_weights apply to classification and multi-label tasks, not {kind}; "
+                "remove class_weights"]
+    if isinstance(value, str):
+        return [] if value == "balanced" else [
+            f"class_weights {value!r} must be \"balanced\", \"none\" or a table label -> weight"]
+    if not isinstance(value, dict):
+        return [f"class_weights {value!r} must be \"balanced\", \"none\" or a table label -> weight"]
+    problems = []
+    unknown = sorted(set(value) - set(labels))
+    if unknown:
+        problems.append(f"class_weights names {unknown}, which are not in labels {labels}")
+    bad = {k: v for k, v in value.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not v > 0}
+    if bad:
+        problems.append(f"class_weights {bad} must be positive numbers")
+    return problems
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

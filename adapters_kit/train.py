@@ -10,6 +10,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from .data import collate, length_grouped_batches
 from .distributed import Processes
 from .fsutil import atomic_directory
 from .kinds import Kind, kind_of
-from .plots import curves_png
+from .metrics import QualityWarning, quality_warnings
+from .plots import confusion_png, curves_png
 from .store import WEIGHTS, save_adapter
 from .tasks import TaskSpec, get_task
 
@@ -46,6 +48,8 @@ class TrainConfig:
     dropout: float | None = None
     """Override every dropout of the backbone and head during training (None keeps the model's)."""
     max_train_examples: int | None = None
+    class_weights: str | dict[str, float] | None = None
+    """Overrides the card's `class_weights`: `balanced`, `none`, or a dict label -> weight."""
     seed: int = 0
     evals_per_epoch: int = 2
     patience: int = 4
@@ -71,6 +75,10 @@ class TrainConfig:
         for k in keys:
             if out[k] is None:
                 out[k] = getattr(spec, k)
+        if self.class_weights is None:
+            out["class_weights"] = spec.class_weights
+        elif self.class_weights == "none":
+            out["class_weights"] = None
         if out["head"] not in ("lora", "full"):
             raise ValueError(f"head {out['head']!r} must be 'lora' or 'full'")
         if out["threads"] is not None and out["threads"] < 1:
@@ -87,6 +95,11 @@ class TrainResult:
     examples_seen: int
     adapter_bytes: int
     history: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    """The kept checkpoint's per-class scores and confusion matrix on dev (see `class_report`)."""
+    warnings: list[str] = field(default_factory=list)
+    """Never-predicted classes, a score below the baseline: also raised as `QualityWarning`s."""
+    class_weights: dict[str, float] | None = None
 
     @property
     def examples_per_second(self) -> float:
@@ -96,7 +109,8 @@ class TrainResult:
         return {"path": str(self.path), "metrics": self.metrics, "baseline": self.baseline,
                 "train_seconds": round(self.train_seconds, 2), "examples_seen": self.examples_seen,
                 "examples_per_second": round(self.examples_per_second, 1),
-                "adapter_bytes": self.adapter_bytes}
+                "adapter_bytes": self.adapter_bytes, "class_weights": self.class_weights,
+                "report": self.report, "warnings": self.warnings}
 
 
 def lora_config(arch: str, num_outputs: int, cfg: dict, kind: str = "classification"):
@@ -183,13 +197,21 @@ def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
     return torch.stack(predict_outputs(model, kind_of("classification"), ids, pad_id, batch_size))
 
 
+BEST = "best.safetensors"
+PROGRESS_SECONDS = 10.0
+"""Least seconds between two `on_progress` step events."""
+
+
 class _Checkpoint:
-    """Resume state: trainable tensors, optimizer moments and RNG, written atomically."""
+    """Resume state: trainable tensors, optimizer moments, RNG and the best state so far.
+
+    Each save replaces the whole directory atomically, so the best state is written into
+    every save: a save after an evaluation that did not improve must not drop it."""
 
     def __init__(self, directory: Path, key: str) -> None:
         self.dir, self.key = directory, key
 
-    def save(self, params, optimizer, progress: dict) -> None:
+    def save(self, params, optimizer, progress: dict, best: dict[str, torch.Tensor] | None) -> None:
         from safetensors.torch import save_file
 
         tensors = {f"param/{n}": p.detach().clone() for n, p in params.items()}
@@ -204,6 +226,15 @@ class _Checkpoint:
         with atomic_directory(self.dir, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
             (tmp / "progress.json").write_text(json.dumps({"key": self.key, **progress}))
+            if best is not None:
+                save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / BEST))
+
+    def best(self) -> dict[str, torch.Tensor] | None:
+        """The best adapter state saved with the checkpoint, if any."""
+        from safetensors.torch import load_file
+
+        path = self.dir / BEST
+        return load_file(str(path)) if path.exists() else None
 
     def load(self, params, optimizer) -> dict | None:
         from safetensors.torch import load_file
@@ -232,11 +263,15 @@ class _Checkpoint:
 
 
 def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None = None,
-          *, stop_after_step: int | None = None) -> TrainResult:
+          *, stop_after_step: int | None = None,
+          on_progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a LoRA adapter and its head for `task`; write the adapter directory to `out_dir`.
 
     `stop_after_step` ends the run early without saving an adapter (it simulates an
     interruption; a later call resumes from the last checkpoint).
+
+    `on_progress` receives plain dicts on the main process: `{"event": "start", ...}`, then
+    `"step"` (at most every `PROGRESS_SECONDS`), `"eval"` after each evaluation, and `"done"`.
 
     Under `accelerate launch` with several processes this runs as DDP (see `distributed`):
     the global batch stays `batch_size`, every process returns the same metrics, and only the
@@ -256,6 +291,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         torch.set_num_threads(config.threads)
     precision, autocast = _autocast(config.precision)
     cfg["precision"] = precision
+    if cfg["class_weights"] != spec.class_weights:  # validated as a card's would be
+        spec = TaskSpec(**{**spec.to_dict(), "class_weights": cfg["class_weights"]})
 
     procs = Processes()
     _seed_everything(config.seed)
@@ -289,6 +326,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     train_feats = kind.featurize(spec, tokenizer, train_split, training=True)
     dev_feats = kind.featurize(spec, tokenizer, dev_split)
     train_ids, dev_ids = train_feats.ids, dev_feats.ids
+    loss_weight = None if spec.class_weights is None else heads.class_weights(
+        spec.kind, spec.labels, spec.class_weights, train_split.targets)  # [n_labels]
+    weights_used = None if loss_weight is None else dict(zip(spec.labels, loss_weight.tolist()))
+    emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
     lengths = [len(x) for x in train_ids]
     bs = cfg["batch_size"]
     steps_per_epoch = math.ceil(len(train_ids) / bs)
@@ -320,17 +361,14 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
                 for _ in range(state["step"]):
                     schedule.step()
-            best_file = ckpt.dir / "best.safetensors"
-            if best_file.exists():
-                from safetensors.torch import load_file
-
-                best_state = load_file(str(best_file))
+            best_state = ckpt.best()
     higher_is_better = spec.metric != "mse"
     stepper = procs.wrap(model)  # training steps go through DDP; evaluation and saving use `model`
     if procs.size > 1:  # each process its own dropout masks, as it has its own rows
         torch.manual_seed(config.seed * 1_000_003 + procs.rank * 1009 + state["step"])
 
     eval_cost = [0.0]  # seconds the last evaluation took: the time budget keeps room for one
+    dev_outputs: list = [None, None]  # the last evaluation's outputs, the best one's
 
     def evaluate() -> dict[str, float]:
         t0 = time.perf_counter()
@@ -338,6 +376,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                                  dev_ids)
         metrics = kind.evaluate(spec, dev_split, dev_feats, outputs)
         eval_cost[0] = time.perf_counter() - t0
+        dev_outputs[0] = outputs
         return metrics
 
     bar = tqdm(total=total_steps, initial=state["step"],
@@ -346,6 +385,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     started = time.perf_counter() - state["seconds"]
     stopped_early = False
     step = state["step"]
+    emit({"event": "start", "task": spec.name, "step": step, "total_steps": total_steps,
+          "train_rows": len(train_ids), "dev_rows": len(dev_ids), "metric": spec.metric,
+          "class_weights": weights_used})
+    last_emit = time.perf_counter()
     while step < total_steps and not stopped_early:
         epoch, offset = divmod(step, steps_per_epoch)
         batches = length_grouped_batches(lengths, bs, seed=config.seed * 1000 + epoch)
@@ -354,7 +397,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
             input_ids, mask = collate([train_ids[i] for i in rows], pad)
             with autocast():
                 logits = kind.outputs(stepper(**heads.model_inputs(backbone.arch, input_ids, mask, sep)))
-            loss = kind.loss(logits.float(), kind.batch_targets(train_feats, rows, input_ids.shape[1]))
+            loss = kind.loss(logits.float(), kind.batch_targets(train_feats, rows, input_ids.shape[1]),
+                             loss_weight)
             if weight != 1.0:
                 loss = loss * weight
             procs.backward(loss)
@@ -367,6 +411,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
             loss_value = procs.mean(loss)
             state["losses"].append((step, loss_value))
             bar.update(1)
+            if time.perf_counter() - last_emit >= PROGRESS_SECONDS:
+                last_emit = time.perf_counter()
+                emit({"event": "step", "step": step, "total_steps": total_steps,
+                      "loss": round(loss_value, 5), "seconds": round(last_emit - started, 1)})
             over_time = config.max_seconds is not None and procs.any(
                 time.perf_counter() - started + eval_cost[0] >= config.max_seconds)
             if step % eval_every == 0 or step == total_steps or over_time:
@@ -378,16 +426,17 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                 if better:
                     state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
                     best_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+                    dev_outputs[1] = dev_outputs[0]
                 else:
                     state["bad_evals"] += 1
+                emit({"event": "eval", "step": step, "total_steps": total_steps,
+                      "loss": round(loss_value, 5), "metrics": metrics, "best": state["best"],
+                      "best_step": state["best_step"],
+                      "seconds": round(time.perf_counter() - started, 1)})
                 bar.set_postfix(loss=f"{loss_value:.3f}", **{spec.metric: f"{value:.4f}"})
                 state["step"], state["seconds"] = step, time.perf_counter() - started
                 if step < total_steps and procs.is_main:
-                    ckpt.save(params, optimizer, state)
-                    if better and best_state is not None:
-                        from safetensors.torch import save_file
-
-                        save_file(best_state, str(ckpt.dir / "best.safetensors"))
+                    ckpt.save(params, optimizer, state, best_state)
                 if state["bad_evals"] >= config.patience or over_time:
                     stopped_early = True
             if stop_after_step is not None and step >= stop_after_step:
@@ -404,9 +453,19 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
 
         set_peft_model_state_dict(model, best_state)
     # The best state's dev metrics were computed when it was kept (evaluation is deterministic).
-    final = state["best_metrics"] or evaluate()
+    final = state["best_metrics"]
+    if final is None or dev_outputs[1] is None:  # nothing kept, or resumed: its outputs are gone
+        metrics = evaluate()
+        final = final or metrics
+        dev_outputs[1] = dev_outputs[0]
     baseline = procs.from_main(kind.baseline(spec, train_split, dev_split)
                                if config.baseline and procs.is_main else {})
+    report = kind.report(spec, dev_split, dev_feats, dev_outputs[1])
+    train_counts = kind.label_counts(spec, train_split)
+    notes = quality_warnings(spec, report, train_counts, final, baseline)
+    if procs.is_main:
+        for note in notes:
+            warnings.warn(f"{spec.name}: {note}", QualityWarning, stacklevel=2)
     task_meta = {
         "task": spec.to_dict(),
         "backbone": {"name": backbone.name, "arch": backbone.arch, "fingerprint": base_fp,
@@ -419,22 +478,31 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                          len(getattr(train_split, "skipped", [])),
                      "steps": step, "best_step": state["best_step"],
                      "train_seconds": round(train_seconds, 2), "examples_seen": state["seen"],
-                     "stopped_early": stopped_early, "processes": procs.size},
+                     "stopped_early": stopped_early, "processes": procs.size,
+                     "class_weight_values": weights_used, "train_label_counts": train_counts},
         "history": {"evals": state["evals"]},
+        "dev_report": report,
+        "warnings": notes,
     }
     if procs.is_main:
         png = curves_png(state["losses"], state["evals"], spec.metric,
                          f"{spec.name} on {backbone.name}")
-        save_adapter(out_dir, model, task_meta, overwrite=config.overwrite,
-                     extra_files={"curves.png": png})
+        extra = {"curves.png": png}
+        if report.get("confusion_matrix"):
+            extra["confusion.png"] = confusion_png(report["confusion_matrix"], report["labels"],
+                                                   f"{spec.name}: dev, best step {state['best_step']}")
+        save_adapter(out_dir, model, task_meta, overwrite=config.overwrite, extra_files=extra)
         ckpt.remove()
         with contextlib.suppress(OSError):
             ckpt.dir.parent.rmdir()  # only when no other task's checkpoint is in it
     procs.wait()  # the adapter is complete before any process returns its path
+    emit({"event": "done", "step": step, "best_step": state["best_step"], "metrics": final,
+          "path": str(out_dir), "seconds": round(train_seconds, 1)})
     path = out_dir
     nbytes = (path / WEIGHTS).stat().st_size + sum(
         (path / n).stat().st_size for n in ("adapter_config.json",))
     return TrainResult(path=path, metrics=final, baseline=baseline, train_seconds=train_seconds,
                        examples_seen=state["seen"], adapter_bytes=nbytes,
                        history={"evals": state["evals"], "best_step": state["best_step"],
-                                "losses": state["losses"]})
+                                "losses": state["losses"]},
+                       report=report, warnings=notes, class_weights=weights_used)

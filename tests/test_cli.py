@@ -56,3 +56,73 @@ def test_train_eval_predict_json(tiny_distilbert, tmp_path):
 def test_missing_data_file_names_it(tmp_path):
     proc = run("train", "support_intent", "--data", str(tmp_path / "customer.csv"), ok=False)
     assert proc.returncode == 2 and "customer.csv" in proc.stderr
+
+
+def _json_error(proc, code=2) -> dict:
+    assert proc.returncode == code, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert set(out) == {"error"} and out["error"]["exit_code"] == code
+    return out["error"]
+
+
+def test_json_errors_are_json_on_stdout(tmp_path):
+    err = _json_error(run("train", "no_such_task", "--json", ok=False))
+    assert err["type"] == "TaskError" and "known tasks" in err["message"]
+    err = _json_error(run("train", "support_intent", "--epochs", "many", "--json", ok=False))
+    assert err["type"] == "UsageError" and "'many'" in err["message"]
+    err = _json_error(run("eval", str(tmp_path / "nowhere"), "--json", ok=False))
+    assert "nowhere" in err["message"]
+    plain = run("train", "no_such_task", ok=False)  # without --json: text on stderr, as before
+    assert plain.returncode == 2 and plain.stdout == "" and "known tasks" in plain.stderr
+
+
+def test_data_directory_is_named_with_its_files(tmp_path):
+    write_tsv(tmp_path / "d" / "a.tsv", ["text", "label"], [("x", "y")])
+    proc = run("train", "support_intent", "--data", str(tmp_path / "d"), ok=False)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr and "a.tsv" in proc.stderr
+
+
+def test_encoding_flag_reads_a_cp1252_file(tiny_distilbert, tmp_path):
+    card = tmp_path / "enc.toml"
+    rows = [(f"\u201c{t}\u201d", y) for t, y in sentiment_rows(48)]
+    (tmp_path / "train.tsv").write_bytes(
+        ("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows)).encode("cp1252"))
+    card.write_text('name = "enc"\nlabels = ["neg", "pos"]\n[data]\ntrain = "train.tsv"\n'
+                    '[defaults]\nepochs = 1\nbatch_size = 16\nrank = 4\n')
+    args = ["train", str(card), "--backbone", tiny_distilbert, "--out", str(tmp_path / "a")]
+    failed = run(*args, "--json", ok=False)
+    assert "--encoding cp1252" in _json_error(failed)["message"]
+    run(*args, "--encoding", "cp1252", "--json")
+    assert (tmp_path / "a" / "task.json").exists()
+
+
+def test_train_json_progress_and_eval_baseline_on_a_file(tiny_distilbert, tmp_path):
+    card = tmp_path / "cli_base.toml"
+    write_tsv(tmp_path / "train.tsv", ["text", "label"], sentiment_rows(64))
+    write_tsv(tmp_path / "other.tsv", ["text", "label"], sentiment_rows(20, seed=9))
+    card.write_text('name = "cli_base"\nlabels = ["neg", "pos"]\n[data]\ntrain = "train.tsv"\n'
+                    'dev_fraction = 0.25\n[defaults]\nepochs = 1\nlearning_rate = 5e-3\n'
+                    'batch_size = 16\nrank = 4\n')
+    out = tmp_path / "adapter"
+    proc = run("train", str(card), "--backbone", tiny_distilbert, "--out", str(out), "--json",
+               "--class-weights", "neg=2,pos=1")
+    trained = json.loads(proc.stdout)
+    assert trained["class_weights"] == {"neg": 2.0, "pos": 1.0}
+    assert set(trained["report"]["per_class"]) == {"neg", "pos"} and "warnings" in trained
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
+    assert any(e["event"] == "eval" for e in events)
+    scored = json.loads(run("eval", str(out), "--data", str(tmp_path / "other.tsv"), "--json").stdout)
+    assert scored["examples"] == 20 and set(scored["baseline"]) >= {"accuracy", "f1_macro"}
+    assert sum(sum(r) for r in scored["report"]["confusion_matrix"]) == 20
+    text = run("eval", str(out), "--data", str(tmp_path / "other.tsv")).stdout
+    assert "TF-IDF baseline" in text and "confusion" in text and "precision" in text
+    # the baseline is trained on the task's train split: the same figures as computing it here
+    from adapters_kit import TaskSpec
+    from adapters_kit.data import load_eval_split, load_splits
+    from adapters_kit.metrics import tfidf_baseline
+
+    spec = TaskSpec.from_dict({k: v for k, v in json.loads((out / "task.json").read_text())["task"]
+                               .items() if k != "source"})
+    expected = tfidf_baseline(spec, load_splits(spec)[0], load_eval_split(spec, str(tmp_path / "other.tsv")))
+    assert scored["baseline"] == pytest.approx(expected)

@@ -105,8 +105,15 @@ def test_conll_reader_names_lines_of_unknown_tags_and_broken_bio(tmp_path):
     train_split, _ = kind_of(spec).splits(spec)
     assert train_split.tokens[0] == ["Anna", "runs"] and train_split.tags[1] == ["B-PER", "I-PER"]
     (tmp_path / "x.txt").write_text("Anna B-PER\nruns O\n\nParis B-LOC\n")
-    with pytest.raises(DataError, match=r"'B-LOC' \(lines 4\)"):
+    with pytest.raises(DataError, match=r"'B-LOC' \(line 4\)"):
         kind_of(spec).splits(spec)
+    # every line of an unknown tag is the file's line, and a long list says how many in all
+    (tmp_path / "x.txt").write_text("".join(f"w{i} B-LOC\n\n" for i in range(30)))
+    with pytest.raises(DataError, match=r"'B-LOC' \(lines 1, 3, 5, .*, \.\.\. \(30 lines in all\)"):
+        kind_of(spec).splits(spec)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="is a directory"):
+        kind_of(spec).splits(spec.with_data(str(tmp_path / "d"), str(tmp_path / "x.txt")))
     (tmp_path / "x.txt").write_text("Anna B-PER\nruns O\nBob I-PER\n\nx O\n")
     with pytest.raises(DataError, match=r"line 3: I-PER after O"):
         kind_of(spec).splits(spec)

@@ -93,3 +93,26 @@ def test_the_saved_adapter_is_the_best_evaluation(tiny_distilbert, sentiment_tas
     model.load(r.path)
     logits = model.logits("tiny_sentiment", dev.texts[0])
     assert score("classification", dev.targets, logits) == pytest.approx(r.metrics, abs=1e-9)
+
+
+def test_resume_after_a_non_improving_evaluation_keeps_the_best_weights(tiny_distilbert,
+                                                                        sentiment_task, tmp_path):
+    """The interruption falls after the best evaluation and after a later one that did not
+    improve: the resumed run must still save the best step's weights, as the uninterrupted one."""
+    cfg = dict(epochs=4, evals_per_epoch=3, patience=100, learning_rate=5e-2)
+    full = train(sentiment_task, tmp_path / "full" / "x", quick(tiny_distilbert, **cfg))
+    best, steps = full.history["best_step"], [s for s, _ in full.history["evals"]]
+    later = [s for s in steps if s > best]
+    assert len(later) >= 2, f"no non-improving evaluation after the best one: {full.history}"
+    out = tmp_path / "resumed" / "x"
+    with pytest.raises(KeyboardInterrupt):  # after a non-improving evaluation, not at the end
+        train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=later[0])
+    resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
+    meta_full = json.loads((full.path / "task.json").read_text())
+    meta_resumed = json.loads((out / "task.json").read_text())
+    assert meta_resumed["training"]["best_step"] == best
+    assert meta_resumed["metrics"] == meta_full["metrics"]
+    ta, tb = load_file(str(full.path / WEIGHTS)), load_file(str(resumed.path / WEIGHTS))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6)

@@ -76,11 +76,21 @@ class Kind:
     def outputs(self, model_output) -> torch.Tensor:
         return model_output.logits
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss; `weight` [n_labels] only for kinds that take class weights."""
         raise NotImplementedError
 
     def evaluate(self, spec, split, feats: Features, outputs: list[torch.Tensor]) -> dict:
         raise NotImplementedError
+
+    def report(self, spec, split, feats: Features, outputs: list[torch.Tensor]) -> dict:
+        """Per-class scores and a confusion matrix where the kind has classes (else {})."""
+        return {}
+
+    def label_counts(self, spec, split) -> dict[str, int]:
+        """Rows per label in a split, for the never-predicted warning (else {})."""
+        return {}
 
     def baseline(self, spec, train, dev) -> dict:
         return {}

@@ -7,7 +7,7 @@ import torch
 from .. import heads
 from ..data import load_eval_split, load_splits, tokenize
 from ..errors import DataError
-from ..metrics import score, tfidf_baseline
+from ..metrics import class_report, label_counts, score, tfidf_baseline
 from . import Features, Kind, Row, shown
 
 
@@ -31,11 +31,17 @@ class SequenceKind(Kind):
     def batch_targets(self, feats, rows, width):
         return feats.targets[rows]
 
-    def loss(self, outputs, targets):
-        return heads.loss(self.name, outputs, targets)
+    def loss(self, outputs, targets, weight=None):
+        return heads.loss(self.name, outputs, targets, weight)
 
     def evaluate(self, spec, split, feats, outputs):
         return score(self.name, split.targets, torch.stack(outputs))
+
+    def report(self, spec, split, feats, outputs):
+        return class_report(self.name, spec.labels, split.targets, torch.stack(outputs))
+
+    def label_counts(self, spec, split):
+        return label_counts(self.name, spec.labels, split.targets)
 
     def baseline(self, spec, train, dev):
         return tfidf_baseline(spec, train, dev)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import read_table
+from ..data import read_table, refuse_directory
 from ..errors import DataError, DataWarning
 from . import Features, Kind, Row, require_train, seeded_order, shown
 from .squad_eval import squad_scores
@@ -97,6 +97,7 @@ def read_qa_split(spec, location: str) -> QASplit:
     fmt = spec.format or ("squad" if Path(location).suffix.lower() == ".json" else "jsonl")
     if fmt == "squad":
         path = Path(location)
+        refuse_directory(path)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist; fix the path in the task card "
                             f"({spec.source or 'register_task'}) or pass --data PATH")
@@ -222,7 +223,7 @@ class SpanKind(Kind):
     def outputs(self, model_output):
         return torch.stack([model_output.start_logits, model_output.end_logits], dim=-1)
 
-    def loss(self, outputs, targets):
+    def loss(self, outputs, targets, weight=None):  # the card refuses class weights here
         return (F.cross_entropy(outputs[..., 0], targets[:, 0]) +
                 F.cross_entropy(outputs[..., 1], targets[:, 1])) / 2
 

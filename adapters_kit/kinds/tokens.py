@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import check_encoding, read_table
+from ..data import check_encoding, read_table, refuse_directory, row_list
 from ..errors import DataError
 from . import Features, Kind, Row, require_train, seeded_order, shown
 
@@ -81,6 +81,7 @@ def read_token_split(spec, location: str) -> TokenSplit:
     fmt = _format(spec, location)
     if fmt == "conll":
         path = Path(location)
+        refuse_directory(path)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist; fix the path in the task card "
                             f"({spec.source or 'register_task'}) or pass --data PATH")
@@ -119,8 +120,7 @@ def check_tags(spec, split: TokenSplit) -> None:
             prev = tag
     problems = []
     if unknown:
-        parts = [f"{t!r} ({unit}s {', '.join(map(str, ls[:5]))}{', ...' if len(ls) > 5 else ''})"
-                 for t, ls in list(unknown.items())[:5]]
+        parts = [f"{t!r} ({row_list(ls, unit=unit)})" for t, ls in list(unknown.items())[:10]]
         problems.append(f"unknown tags {'; '.join(parts)}; the task's labels are {spec.labels}. "
                         "Add them to the card's labels or fix the data")
     if broken:
@@ -192,7 +192,7 @@ class TokenKind(Kind):
             out[j, : len(t)] = torch.tensor(t, dtype=torch.long)
         return out
 
-    def loss(self, outputs, targets):
+    def loss(self, outputs, targets, weight=None):  # the card refuses class weights here
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE)
 
