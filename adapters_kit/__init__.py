@@ -1,13 +1,13 @@
 """adapters_kit: many LoRA task adapters hot-swapped on one small encoder (DistilBERT or ALBERT)."""
 
+from .adapters.merge import merge_adapter
+from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
-from .cache import AdapterCache
+from .engine.cache import AdapterCache
+from .engine.model import MultiTaskModel
 from .errors import AdapterFileError, AdaptersKitError, BackboneError, DataError, TaskError
-from .merge import merge_adapter
-from .runtime import MultiTaskModel
-from .store import AdapterStore, read_adapter
 from .tasks import TaskSpec, get_task, list_tasks, load_card, register_task
-from .train import TrainConfig, TrainResult, train
+from .training.loop import TrainConfig, TrainResult, train
 
 __all__ = [
     "DEFAULT_BACKBONE",

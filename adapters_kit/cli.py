@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from .errors import AdaptersKitError
-from .metrics import QualityWarning
+from .kinds.quality import QualityWarning
 
 
 def _print_json(obj: dict) -> None:
@@ -79,9 +79,9 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
     from .tasks import get_task
-    from .train import TrainConfig, train
+    from .training.distributed import is_main_process
+    from .training.loop import TrainConfig, train
 
     spec = get_task(args.task)
     if args.data or args.dev_data:
@@ -136,8 +136,8 @@ def _print_report(report: dict) -> None:
 
 
 def _model_for(adapter_dir: str):
-    from .runtime import MultiTaskModel
-    from .store import read_adapter
+    from .adapters.store import read_adapter
+    from .engine.model import MultiTaskModel
 
     files = read_adapter(adapter_dir)
     model = MultiTaskModel(files.task["backbone"]["name"])
@@ -146,7 +146,7 @@ def _model_for(adapter_dir: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_adapter
+    from .engine.evaluation import evaluate_adapter
 
     started = time.perf_counter()
     model, _, files = _model_for(args.adapter_dir)
@@ -190,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_adapter
+    from .adapters.merge import merge_adapter
 
     out = merge_adapter(args.adapter_dir, args.out, overwrite=args.overwrite)
     if args.json:

@@ -16,8 +16,8 @@ MESSAGES = [
 
 def run_demo(out: Path, backbone: str = "embedded-distilbert") -> None:
     from .backbones import Backbone
-    from .runtime import MultiTaskModel
-    from .train import TrainConfig, train
+    from .engine.model import MultiTaskModel
+    from .training.loop import TrainConfig, train
 
     started = time.perf_counter()
     resolved = Backbone.resolve(backbone)

@@ -13,11 +13,11 @@
 Ray Serve: N engine replicas, requests routed by task with model multiplexing.
 """
 
-from .cache import AdapterCache, CacheStats
-from .evaluation import evaluate_adapter
-from .merge import merge_adapter
-from .runtime import MultiTaskModel, ResidentTask
-from .store import AdapterStore
+from .adapters.merge import merge_adapter
+from .adapters.store import AdapterStore
+from .engine.cache import AdapterCache, CacheStats
+from .engine.evaluation import evaluate_adapter
+from .engine.model import MultiTaskModel, ResidentTask
 
 __all__ = ["AdapterCache", "AdapterStore", "CacheStats", "MultiTaskModel", "ResidentTask",
            "evaluate_adapter", "merge_adapter"]  # and, lazily, ray_application and serve_ray

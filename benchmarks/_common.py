@@ -47,9 +47,9 @@ def random_adapters(backbone, root: Path, k: int, backbone_name: str | None = No
     from peft import get_peft_model
 
     from adapters_kit import TaskSpec
+    from adapters_kit.adapters.store import save_adapter
     from adapters_kit.backbones import fingerprint
-    from adapters_kit.store import save_adapter
-    from adapters_kit.train import lora_config
+    from adapters_kit.training.loop import lora_config
 
     base = backbone.load_model(2)
     fp = fingerprint(base)

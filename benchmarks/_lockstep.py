@@ -29,7 +29,7 @@ import torch
 from greenlet import greenlet
 from torch import nn
 
-from adapters_kit.lora_bank import LoraBankLinear
+from adapters_kit.engine.lora_bank import LoraBankLinear
 
 BLOCK_TYPES = ("TransformerBlock", "AlbertLayerGroup")  # DistilBERT's layers; ALBERT's shared group
 

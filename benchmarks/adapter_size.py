@@ -11,9 +11,9 @@ from pathlib import Path
 
 from _common import emit
 
+from adapters_kit.adapters.store import save_adapter
 from adapters_kit.backbones import Backbone
-from adapters_kit.store import save_adapter
-from adapters_kit.train import lora_config
+from adapters_kit.training.loop import lora_config
 
 
 def adapter_bytes(backbone: Backbone, head: str, work: Path) -> int:
@@ -31,7 +31,7 @@ def distilbert_base_folder(work: Path) -> Path:
     """A randomly initialised model of distilbert-base-uncased's shape (768 wide, 6 layers)."""
     from transformers import DistilBertConfig, DistilBertModel
 
-    from adapters_kit.embedded import embedded_dir
+    from adapters_kit.backbones.embedded import embedded_dir
 
     folder = work / "distilbert-base-shape"
     DistilBertModel(DistilBertConfig()).save_pretrained(str(folder))

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from _common import emit, median_seconds  # noqa: E402
 
 from adapters_kit.backbones import Backbone  # noqa: E402
-from adapters_kit.train import lora_config  # noqa: E402
+from adapters_kit.training.loop import lora_config  # noqa: E402
 
 
 def shaped(work: Path, arch: str) -> Path:
@@ -33,7 +33,7 @@ def shaped(work: Path, arch: str) -> Path:
                      num_attention_heads=12, intermediate_size=3072, vocab_size=30000))
     folder = work / f"{arch}-base-shape"
     model.save_pretrained(str(folder))
-    from adapters_kit.embedded import embedded_dir
+    from adapters_kit.backbones.embedded import embedded_dir
 
     src = embedded_dir("embedded-distilbert")
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):

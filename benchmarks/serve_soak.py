@@ -103,8 +103,8 @@ def random_token_adapters(backbone, root: Path, kind: str, names: list[str]) -> 
     from peft import get_peft_model
 
     from adapters_kit import TaskSpec
-    from adapters_kit.store import save_adapter
-    from adapters_kit.train import lora_config
+    from adapters_kit.adapters.store import save_adapter
+    from adapters_kit.training.loop import lora_config
 
     labels = NER_LABELS if kind == "token-classification" else []
     specs = [TaskSpec(name=n, kind=kind, labels=labels) for n in names]
@@ -127,7 +127,7 @@ def random_token_adapters(backbone, root: Path, kind: str, names: list[str]) -> 
 
 def damage(source: Path, target: Path, how: str) -> str:
     """A copy of `source` with one bad value; checksums recomputed, so only loading finds it."""
-    from adapters_kit.store import CONFIG, TASK, write_checksums
+    from adapters_kit.adapters.store import CONFIG, TASK, write_checksums
 
     shutil.copytree(source, target)
     task, config = json.loads((target / TASK).read_text()), json.loads((target / CONFIG).read_text())

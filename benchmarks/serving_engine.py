@@ -52,7 +52,7 @@ from adapters_kit.backbones import Backbone  # noqa: E402
 def make_base(work: Path, arch: str) -> Path:
     from transformers import AlbertConfig, AlbertModel, DistilBertConfig, DistilBertModel
 
-    from adapters_kit.embedded import embedded_dir
+    from adapters_kit.backbones.embedded import embedded_dir
 
     folder = work / f"{arch}-base-shape"
     torch.manual_seed(0)

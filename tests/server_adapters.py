@@ -16,7 +16,7 @@ from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, senti
 from test_ner_qa import ner_rows, squad_json
 
 from adapters_kit import MultiTaskModel, TaskSpec, train
-from adapters_kit.store import WEIGHTS, write_checksums
+from adapters_kit.adapters.store import WEIGHTS, write_checksums
 
 GOOD = ["tiny_sentiment", "tiny_topic", "tiny_pair", "tiny_ner", "tiny_qa"]
 BAD = ["bad_corrupt", "bad_truncated", "bad_foreign", "bad_pickle"]

@@ -24,8 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 from test_server import INPUTS, _engine_form, assert_same_outputs  # noqa: E402
 
 from adapters_kit import MultiTaskModel  # noqa: E402
-from adapters_kit.cache import AdapterCache  # noqa: E402
-from adapters_kit.store import CONFIG, TASK, AdapterStore, write_checksums  # noqa: E402
+from adapters_kit.adapters.store import CONFIG, TASK, AdapterStore, write_checksums  # noqa: E402
+from adapters_kit.engine.cache import AdapterCache  # noqa: E402
 
 EXAMPLES = int(os.environ.get("ADAPTERS_KIT_FUZZ_EXAMPLES", "500"))
 SOURCES = ["tiny_sentiment", "tiny_ner", "tiny_qa"]

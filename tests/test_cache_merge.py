@@ -6,8 +6,8 @@ import torch
 from conftest import quick
 
 from adapters_kit import AdapterStore, MultiTaskModel, train
-from adapters_kit.cache import AdapterCache
-from adapters_kit.merge import merge_adapter
+from adapters_kit.adapters.merge import merge_adapter
+from adapters_kit.engine.cache import AdapterCache
 
 TEXTS = ["the film was great lovely", "a plot was dull awful tedious"]
 

@@ -13,7 +13,7 @@ from conftest import quick, sentiment_rows, write_tsv
 
 from adapters_kit import TaskError, TaskSpec, train
 from adapters_kit.kinds import get_kind
-from adapters_kit.metrics import QualityWarning, quality_warnings
+from adapters_kit.kinds.quality import QualityWarning, quality_warnings
 
 
 # The kinds own weights, losses and reports; these read them as a user's code would.

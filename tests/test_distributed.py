@@ -21,7 +21,7 @@ from conftest import quick, sentiment_rows, write_tsv
 from safetensors.torch import load_file
 
 from adapters_kit import train
-from adapters_kit.store import WEIGHTS, read_adapter
+from adapters_kit.adapters.store import WEIGHTS, read_adapter
 
 # The Python API under a launch: every process writes what `train` returned to it.
 SCRIPT = """

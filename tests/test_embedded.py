@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_conversion_matches_the_source_bert(name):
     from transformers import AutoModel, AutoTokenizer, BertModel
 
-    from adapters_kit.embedded import embedded_dir, source_dir
+    from adapters_kit.backbones.embedded import embedded_dir, source_dir
 
     folder = embedded_dir(name)
     tok = AutoTokenizer.from_pretrained(str(folder))

@@ -37,9 +37,9 @@ from test_server import (  # noqa: E402, F401 (fixtures)
 )
 
 from adapters_kit import MultiTaskModel  # noqa: E402
-from adapters_kit.cache import AdapterCache  # noqa: E402
+from adapters_kit.adapters.store import CONFIG, TASK, WEIGHTS, AdapterStore, write_checksums  # noqa: E402
+from adapters_kit.engine.cache import AdapterCache  # noqa: E402
 from adapters_kit.errors import AdapterFileError  # noqa: E402
-from adapters_kit.store import CONFIG, TASK, WEIGHTS, AdapterStore, write_checksums  # noqa: E402
 
 
 def _edit_json(directory: Path, name: str, edit) -> None:

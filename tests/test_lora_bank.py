@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapters_kit.lora_bank import LoraBankLinear, Router
+from adapters_kit.engine.lora_bank import LoraBankLinear, Router
 
 D_IN, D_OUT = 24, 40
 

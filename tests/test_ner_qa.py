@@ -257,7 +257,7 @@ def test_serving_answers_per_kind_and_refuses_empty_inputs(three_kinds):
 
 
 def test_ner_and_qa_adapters_evaluate_with_their_metrics(three_kinds):
-    from adapters_kit.evaluation import evaluate_adapter
+    from adapters_kit.engine.evaluation import evaluate_adapter
 
     backbone, paths = three_kinds
     ner = evaluate_adapter(paths["tiny_ner"])["metrics"]
@@ -269,7 +269,7 @@ def test_ner_and_qa_adapters_evaluate_with_their_metrics(three_kinds):
     # merged export: a plain transformers folder of the right class, no peft needed
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from adapters_kit.merge import merge_adapter
+    from adapters_kit.adapters.merge import merge_adapter
 
     out = merge_adapter(paths["tiny_ner"], paths["tiny_ner"].parent / "merged")
     merged = AutoModelForTokenClassification.from_pretrained(str(out)).eval()

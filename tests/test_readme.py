@@ -12,11 +12,18 @@ from adapters_kit import TaskSpec, TrainConfig
 
 
 def _defaults() -> dict:
+    """Each field's default; for a TaskSpec field left unset (None: the kind's default), what a
+    classification card gets."""
+    resolved = TaskSpec(name="t", labels=["a", "b"])
     out = {}
     for cls in (TaskSpec, TrainConfig):
         for f in fields(cls):
             if f.default is not MISSING:
-                out.setdefault(f.name, f.default)
+                value = f.default
+                if cls is TaskSpec and value is None and f.name in ("max_length", "label_field",
+                                                                     "text_fields"):
+                    value = getattr(resolved, f.name)
+                out.setdefault(f.name, value)
     return out
 
 

@@ -33,7 +33,7 @@ from conftest import ROOT, WORDS_FILL, WORDS_TOPIC  # noqa: E402, I001
 from server_adapters import BAD, GOOD, _rewrite_task_json, _specs  # noqa: E402, F401
 
 from adapters_kit import MultiTaskModel, read_adapter  # noqa: E402
-from adapters_kit.store import write_checksums  # noqa: E402
+from adapters_kit.adapters.store import write_checksums  # noqa: E402
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
 ACME_KEY = "acme-key-0123456789abcdef"

@@ -10,8 +10,8 @@ import torch
 from conftest import make_tiny, quick
 
 from adapters_kit import AdapterFileError, MultiTaskModel, read_adapter, train
-from adapters_kit.fsutil import atomic_directory
-from adapters_kit.store import WEIGHTS, write_checksums
+from adapters_kit.adapters.fsutil import atomic_directory
+from adapters_kit.adapters.store import WEIGHTS, write_checksums
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def test_truncated_safetensors(adapter, tiny_distilbert, tmp_path):
     data = (bad / WEIGHTS).read_bytes()
     (bad / WEIGHTS).write_bytes(data[: len(data) // 2])
     sums = json.loads((bad / "checksums.json").read_text())  # even with a matching checksum
-    from adapters_kit.fsutil import sha256_file
+    from adapters_kit.adapters.fsutil import sha256_file
 
     sums[WEIGHTS] = sha256_file(bad / WEIGHTS)
     (bad / "checksums.json").write_text(json.dumps(sums))
@@ -125,7 +125,7 @@ def test_overwrite_never_leaves_the_directory_missing_for_a_reader(tmp_path):
     takes the name in one exchange, so a reader sees v-old or v-new, never no directory."""
     import threading
 
-    from adapters_kit.fsutil import exchange
+    from adapters_kit.adapters.fsutil import exchange
 
     probe_a, probe_b = tmp_path / "a", tmp_path / "b"
     probe_a.mkdir()

@@ -10,7 +10,7 @@ from conftest import quick
 from safetensors.torch import load_file
 
 from adapters_kit import Backbone, train
-from adapters_kit.store import WEIGHTS
+from adapters_kit.adapters.store import WEIGHTS
 
 
 def test_trains_only_adapter_and_head_and_base_is_unchanged(tiny_backbone, sentiment_task, tmp_path):

@@ -15,10 +15,10 @@ import re
 import shutil
 from pathlib import Path
 
-from ..cache import AdapterCache
+from ..adapters.fsutil import atomic_directory, recover_directory
+from ..adapters.store import CHECKSUMS, read_adapter
+from ..engine.cache import AdapterCache
 from ..errors import AdapterFileError
-from ..fsutil import atomic_directory, recover_directory
-from ..store import CHECKSUMS, read_adapter
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 

@@ -26,11 +26,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..adapter_meta import task_problems
-from ..cache import AdapterCache
+from ..adapters.meta import task_problems
+from ..adapters.store import AdapterStore
+from ..engine.cache import AdapterCache
+from ..engine.model import MultiTaskModel
 from ..kinds import kind_of
-from ..runtime import MultiTaskModel
-from ..store import AdapterStore
 from . import admin
 from .batcher import Batcher
 from .config import ServeConfig

@@ -23,10 +23,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..cache import AdapterCache
+from ..engine.cache import AdapterCache
+from ..engine.model import ResidentTask
 from ..errors import AdapterFileError, DataError
 from ..kinds import Row
-from ..runtime import ResidentTask
 from .config import ServeConfig
 from .errors import ServeError, deadline_exceeded, unknown_task
 from .limits import input_chars

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..engine.model import PRECISIONS
 from ..errors import AdaptersKitError
-from ..runtime import PRECISIONS
 
 
 class ServeConfigError(AdaptersKitError, ValueError):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..cache import CacheStats
+from ..engine.cache import CacheStats
 
 CacheFigures = Callable[[], tuple[CacheStats, int]]
 """The adapter cache's counters and the number of resident adapters, read at scrape time."""

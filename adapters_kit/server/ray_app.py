@@ -32,9 +32,9 @@ from dataclasses import asdict, replace
 
 from ray import serve
 
-from ..cache import AdapterCache, CacheStats
-from ..runtime import MultiTaskModel
-from ..store import AdapterStore
+from ..adapters.store import AdapterStore
+from ..engine.cache import AdapterCache, CacheStats
+from ..engine.model import MultiTaskModel
 from . import admin
 from .app import Server, create_app, served_headers
 from .batcher import Batcher

@@ -16,8 +16,8 @@ import stat
 import struct
 from pathlib import Path
 
-from .errors import TaskError, shown
-from .tasks import TaskSpec
+from ..errors import TaskError, shown
+from ..tasks import TaskSpec
 
 FORMAT_VERSION = 1
 MAX_METADATA_BYTES = 1 << 20

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..adapters.fsutil import atomic_directory, recover_directory
+from ..errors import BackboneError
 from .embedded import BASE_INFO, EMBEDDED, cache_root, embedded_dir
-from .errors import BackboneError
-from .fsutil import atomic_directory, recover_directory
 
 DEFAULT_BACKBONE = "embedded-distilbert"
 SUPPORTED_ARCHS = ("distilbert", "albert")

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from . import adapter_meta as meta
-from .adapter_meta import FORMAT_VERSION
-from .backbones import OUTPUT_LAYERS
-from .errors import AdapterFileError
+from ..backbones import OUTPUT_LAYERS
+from ..errors import AdapterFileError
+from ..kinds import kind_of
+from ..tasks import TaskSpec
+from . import meta as meta
 from .fsutil import atomic_directory, recover_directory, sha256_file
-from .kinds import kind_of
-from .tasks import TaskSpec
+from .meta import FORMAT_VERSION
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

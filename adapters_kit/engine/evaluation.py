@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import DataError
-from .kinds import kind_of
-from .metrics import quality_warnings
-from .runtime import MultiTaskModel
-from .store import AdapterFiles, read_adapter
-from .tasks import TaskSpec
+from ..adapters.store import AdapterFiles, read_adapter
+from ..errors import DataError
+from ..kinds import kind_of
+from ..kinds.quality import quality_warnings
+from ..tasks import TaskSpec
+from .model import MultiTaskModel
 
 
 def evaluate_adapter(adapter_dir: str | Path | AdapterFiles, data: str | None = None, split: str = "dev",

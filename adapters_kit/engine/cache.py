@@ -7,11 +7,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .errors import AdapterFileError
-from .runtime import MultiTaskModel, TextInput
-from .store import AdapterStore
+from ..adapters.store import AdapterStore
+from ..errors import AdapterFileError
+from .model import MultiTaskModel, TextInput
 
-log = logging.getLogger("adapters_kit.cache")
+log = logging.getLogger("adapters_kit.engine.cache")
 
 
 def _detached(error: Exception) -> AdapterFileError:

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import encoder
-from .backbones import DEFAULT_BACKBONE, Backbone
-from .data import collate, length_grouped_batches
+from ..adapters.fsutil import atomic_directory
+from ..adapters.store import WEIGHTS, save_adapter
+from ..backbones import DEFAULT_BACKBONE, Backbone, encoder
+from ..data import collate, length_grouped_batches
+from ..kinds import DEFAULT_KIND, Kind, kind_of
+from ..kinds.quality import QualityWarning, quality_warnings
+from ..tasks import TaskSpec, get_task
 from .distributed import Processes
-from .fsutil import atomic_directory
-from .kinds import DEFAULT_KIND, Kind, kind_of
-from .metrics import QualityWarning, quality_warnings
 from .plots import confusion_png, curves_png
-from .store import WEIGHTS, save_adapter
-from .tasks import TaskSpec, get_task
 
 
 @dataclass

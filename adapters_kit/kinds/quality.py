@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .tasks import TaskSpec
+from ..tasks import TaskSpec
 
 
 class QualityWarning(UserWarning):

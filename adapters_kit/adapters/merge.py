@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backbones import Backbone
+from ..backbones import Backbone
+from ..kinds import kind_of
 from .fsutil import atomic_directory
-from .kinds import kind_of
 from .store import check_against_base, read_adapter
 
 

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import encoder
-from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
-from .data import collate
-from .errors import AdapterFileError, DataError
-from .kinds import Kind, Row, kind_of
+from ..adapters.store import AdapterFiles, check_against_base, read_adapter
+from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
+from ..data import collate
+from ..errors import AdapterFileError, DataError
+from ..kinds import Kind, Row, kind_of
+from ..tasks import TaskSpec
 from .lora_bank import LoraBankLinear, Router, wrap
-from .store import AdapterFiles, check_against_base, read_adapter
-from .tasks import TaskSpec
 
 TextInput = str | tuple[str, str] | list[str] | dict
 

@@ -36,6 +36,6 @@ def dense_activation(arch: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_module(arch: str, model: torch.nn.Module) -> torch.nn.Module:
-    from .backbones import HEAD_DENSE_PATH
+    from . import HEAD_DENSE_PATH
 
     return model.get_submodule(HEAD_DENSE_PATH[arch])
