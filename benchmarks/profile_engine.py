@@ -1,6 +1,7 @@
 """Where the engine's time goes: the share of one batch spent in the LoRA bank's own ops.
 
     python benchmarks/profile_engine.py [--batch 64] [--length 32] [--k 1]
+    python benchmarks/profile_engine.py --sst2 [--k 3]   (embedded-distilbert, SST-2 dev rows)
 
 Builds the DistilBERT-base-shaped model and K random r=8 q/v adapters as serving_engine.py
 does, runs one batch under torch.profiler, and splits CPU time between the LoRA factors'
@@ -18,8 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import emit  # noqa: E402
-from serving_engine import load_engine, make_adapters, make_base, token_batch  # noqa: E402
+from _common import emit, random_adapters  # noqa: E402
+from serving_engine import load_engine, make_adapters, make_base, sst2_rows, token_batch  # noqa: E402
 
 from adapters_kit.backbones import Backbone  # noqa: E402
 
@@ -44,14 +45,25 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=32)
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--sst2", action="store_true",
+                    help="embedded-distilbert with B real SST-2 dev rows (default B=48)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="profile-engine-"))
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
-    backbone = Backbone.resolve(make_base(work, args.arch))
-    paths = make_adapters(backbone, max(args.k, 1), work)
+    if args.sst2:
+        backbone = Backbone.resolve("embedded-distilbert")
+        paths = random_adapters(backbone, work / "embedded", max(args.k, 1),
+                                backbone_name="embedded-distilbert")
+        args.arch = "embedded-distilbert"
+        args.batch = 48 if args.batch == 64 else args.batch
+        id_lists = sst2_rows(backbone.tokenizer(), args.batch)
+        args.length = round(sum(map(len, id_lists)) / len(id_lists))
+    else:
+        backbone = Backbone.resolve(make_base(work, args.arch))
+        paths = make_adapters(backbone, max(args.k, 1), work)
+        id_lists = token_batch(args.batch, args.length).tolist()
     engine, names = load_engine(backbone, paths)
     tasks = [engine.tasks[names[i % args.k]] for i in range(args.batch)]
-    id_lists = token_batch(args.batch, args.length).tolist()
     engine.forward(id_lists, tasks)  # warm-up
     from torch.profiler import ProfilerActivity, profile
 
@@ -62,7 +74,7 @@ def main() -> None:
     # self CPU time of leaf ops: the parts add up to the whole without double counting
     total = sum(e.self_cpu_time_total for e in events)
     lora = sum(e.self_cpu_time_total for e in events if is_lora(e))
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
     for e in top:
         print(f"  {e.key:<24} {e.self_cpu_time_total / 1e3 / args.reps:8.2f} ms/batch  "
               f"{'LoRA' if is_lora(e) else '    '} {e.input_shapes}")

@@ -3,8 +3,9 @@
     python benchmarks/serving_engine.py [--quick]
 
 Backbones: a DistilBERT-base-shaped model (768 wide, 6 layers) and the ALBERT-base shape (one
-768-wide layer shared 12 times), randomly initialised. Adapters: LoRA r=8 on q/v plus the
-small head, random non-zero weights (timing does not depend on training).
+768-wide layer shared 12 times), randomly initialised; and for one P1 cell the backbone users
+run by default, embedded-distilbert (384 wide), at real SST-2 dev lengths (B=48, K=3).
+Adapters: LoRA r=8 on q/v plus the small head, random non-zero weights (timing does not depend on training).
 
 Measured, each as a ratio against a baseline timed in the same run:
   P1  engine time / merged-model time for one batch, K distinct adapters in the batch. The
@@ -21,7 +22,8 @@ Measured, each as a ratio against a baseline timed in the same run:
       not the target);
   P2  cold swap: adapter directory on disk -> servable, with 1, 100, 1000 and 2000 (ALBERT
       10000) resident: median of 21 loads spread over a second;
-  P3  warm switch: the engine's bookkeeping when the next batch uses another resident adapter,
+  P3  warm switch: the engine's own switch path (acquire, route, release) when the next batch
+      uses another resident adapter,
       and a one-row forward right after another adapter's against one right after its own
       adapter's (median difference of adjacent runs: a check, as noisy as one forward);
   memory: bytes per resident adapter, and how many fit.
@@ -141,8 +143,20 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] |
     return (xs[k - 1], xs[n - k]) if k >= 1 else None
 
 
+def sst2_rows(tokenizer, batch: int) -> list[list[int]]:
+    """Token ids of `batch` real SST-2 dev sentences (every 7th from the top, so short and
+    long ones alike), as users send them."""
+    from _common import require_shared
+
+    lines = require_shared("sst2", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts = [line.split("\t")[0] for line in lines[::7][:batch]]
+    return [tokenizer(t, truncation=True, max_length=128)["input_ids"] for t in texts]
+
+
 def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[int],
-       passes: int, reps: int, peft_reps: int) -> list[dict]:
+       passes: int, reps: int, peft_reps: int, id_lists: list[list[int]] | None = None
+       ) -> list[dict]:
+    """P1 cells; `id_lists`: real rows of varied lengths instead of `token_batch`'s."""
     from peft import PeftModel
 
     engine, names = load_engine(backbone, paths)
@@ -151,9 +165,14 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                                            adapter_name=names[0]).eval()
     for p, name in zip(paths[1:], names[1:]):
         peft_model.load_adapter(str(p), adapter_name=name)
-    ids = token_batch(batch, length)
-    mask = torch.ones_like(ids)
-    id_lists = ids.tolist()
+    if id_lists is None:
+        ids = token_batch(batch, length)
+        mask = torch.ones_like(ids)
+        id_lists = ids.tolist()
+    else:  # the merged model gets the same padded batch the engine builds
+        width = max(len(x) for x in id_lists)
+        ids = torch.tensor([x + [0] * (width - len(x)) for x in id_lists])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in id_lists])
     rows = []
     for k in ks:
         tasks = [engine.tasks[names[i % k]] for i in range(batch)]
@@ -196,7 +215,8 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
             gc.enable()
         ci = median_ci(ratios)
         med = statistics.median
-        row = {"arch": backbone.arch, "batch": batch, "length": length, "k": k,
+        row = {"arch": backbone.arch if id_lists is None else "embedded-distilbert-sst2",
+               "batch": batch, "length": length, "k": k,
                "k_in_batch": len(groups),
                "merged_ms": round(t["merged"] * 1e3, 2),
                "engine_ratio": round(med(ratios), 4),
@@ -206,7 +226,7 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                "peft_groups_ratio": round(t["peft_groups"] / t["merged"], 4)}
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(too few passes)"
         whole_text = f" (whole batches x{row['engine_ratio_whole_batch']:.3f})" if whole else ""
-        print(f"  {backbone.arch:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
+        print(f"  {row['arch']:<10} B={batch:<3} L={length:<4} K={len(groups):<3} merged "
               f"{row['merged_ms']:8.1f} ms | engine x{row['engine_ratio']:.3f} "
               f"95% CI {ci_text}{whole_text} | peft mixed x{row['peft_mixed_ratio']:.3f} | peft set_adapter "
               f"x{row['peft_groups_ratio']:.3f}", flush=True)
@@ -273,23 +293,24 @@ def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[in
               f"(median of {len(times)}; fastest {min(times) * 1e3:.2f}, slowest "
               f"{max(times) * 1e3:.2f})", flush=True)
     rss_per_adapter = (rss_bytes() - rss0) / max(1, loaded)
-    head_bytes = statistics.mean(t.head_weight.nbytes for t in engine.tasks.values())
+    head_bytes = statistics.mean(t.head_bytes for t in engine.tasks.values())
     per_adapter = engine.slot_bytes() + head_bytes
-    # warm switch: the bookkeeping a batch pays to use another resident adapter than the last
+    # warm switch: what a batch pays to use another resident adapter than the last, through
+    # the engine's own path: lease the version, route a pass to it, end the lease
     a, b = engine.tasks["r0"], engine.tasks[f"r{loaded - 1}"]
     n = 2000
 
-    def bookkeeping(task):
-        with engine._lock:
-            task.users += 1
-        with engine.router.route([task.slot]):
-            pass
-        with engine._lock:
-            task.users -= 1
+    def switch(name):
+        task = engine.acquire(name)
+        try:
+            with engine.route([task]):
+                pass
+        finally:
+            engine.release(task)
 
     t = time.perf_counter()
     for i in range(n):
-        bookkeeping(a if i % 2 else b)
+        switch(a.name if i % 2 else b.name)
     warm_us = (time.perf_counter() - t) / n * 1e6
     same, switched, extra = forward_after_switch(engine, ids, a, b, 40)
     print(f"  {backbone.arch:<10} warm switch bookkeeping {warm_us:.1f} us; one-row forward "
@@ -316,6 +337,10 @@ def main() -> None:
     ap.add_argument("--peft-reps", type=int, default=None,
                     help="interleaved repetitions of the peft comparisons per cell (default 5)")
     ap.add_argument("--skip-p1", action="store_true", help="only P2/P3/memory")
+    ap.add_argument("--only-sst2", action="store_true",
+                    help="only the embedded-distilbert SST-2 cell of P1")
+    ap.add_argument("--sst2-passes", type=int, default=None,
+                    help="lock-step passes of the SST-2 cell (default: --passes; it is short)")
     ap.add_argument("--skip-p2", action="store_true", help="only P1")
     ap.add_argument("--resident", type=int, default=None,
                     help="largest resident count for P2/memory (default 2000 distilbert, 10000 albert)")
@@ -326,7 +351,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     result = {"p1": [], "p2": {}, "memory": {}}
-    for arch in ("distilbert", "albert"):
+    if not args.skip_p1:
+        # the backbone users run by default, at real SST-2 lengths: 384 wide, short rows
+        backbone = Backbone.resolve("embedded-distilbert")
+        paths = random_adapters(backbone, work / "embedded", 3, backbone_name="embedded-distilbert")
+        print("[embedded-distilbert] P1 at SST-2 dev lengths, K=3", flush=True)
+        id_lists = sst2_rows(backbone.tokenizer(), 48)
+        length = round(statistics.mean(len(x) for x in id_lists))
+        result["p1"] += p1(backbone, paths, 48, length, [3], args.sst2_passes or passes, reps,
+                           peft_reps, id_lists)
+    if args.only_sst2:
+        args.skip_p2 = True
+    for arch in () if args.only_sst2 else ("distilbert", "albert"):
         backbone = Backbone.resolve(make_base(work, arch))
         paths = make_adapters(backbone, 8 if args.quick else 64, work)
         if not args.skip_p1:

@@ -62,7 +62,11 @@ def test_replace_and_unload_while_predicting(tiny_distilbert, sentiment_task, to
     assert seen["v1"] + seen["v2"] > 0
     # every retired slot was given back: two resident tasks hold exactly two slots
     assert len({t.slot for t in model.tasks.values()}) == 2
-    assert len(model._free) == model.capacity - 1 - 2
+    assert model.slot_usage() == (2, model.capacity - 1)
+    model.trim()  # and the rows they left: each bucket keeps just the rows still held
+    assert model.resident_bytes() == model.resident_bytes(trimmed=True)
+    assert all(bank.rows(b) <= model.slots.held(b) for b in model.slots.buckets()
+               for bank in model.banks.values())
 
 
 def test_failed_replace_keeps_the_old_adapter(tiny_distilbert, sentiment_task, tmp_path):

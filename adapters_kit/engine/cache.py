@@ -32,14 +32,20 @@ class CacheStats:
     evictions: int = 0
     resident: int = 0
     resident_bytes: int = 0
+    """Bytes the engine holds for adapters (`MultiTaskModel.resident_bytes`): what the budget
+    bounds."""
 
 
 class AdapterCache:
     """Serve any task in `store` on one `MultiTaskModel`, keeping at most `budget_bytes` resident.
 
-    A request for a task that is not resident loads it (verified, as every load is); when the
-    budget is exceeded, the least recently used adapters not needed by the current batch are
-    unloaded. An evicted task comes back transparently on its next request.
+    The budget counts what the engine holds (`MultiTaskModel.resident_bytes`): bank rows as
+    allocated, rank padding included, and the heads; not file sizes. A request for a task that
+    is not resident loads it (verified, as every load is); when the budget is exceeded, the
+    least recently used adapters not needed by the current batch are unloaded and the banks
+    give back the rows they held (`MultiTaskModel.trim`). An evicted task comes back
+    transparently on its next request. Only the tasks of one batch can hold more than the
+    budget: they stay resident for it rather than fail.
     """
 
     def __init__(self, model: MultiTaskModel, store: AdapterStore, budget_bytes: int) -> None:
@@ -47,7 +53,7 @@ class AdapterCache:
         self.store = store
         self.budget_bytes = budget_bytes
         self.stats = CacheStats()
-        self._lru: OrderedDict[str, int] = OrderedDict()  # task -> bytes, oldest first
+        self._lru: OrderedDict[str, None] = OrderedDict()  # resident tasks, oldest first
         self._lock = threading.Lock()
 
     def ensure(self, tasks: list[str]) -> None:
@@ -72,23 +78,22 @@ class AdapterCache:
                     continue
                 self.stats.misses += 1
                 try:
-                    nbytes = self._load(name)
+                    self._load(name)
                 except Exception as e:  # whatever one task's files do, it fails that task alone
                     errors[name] = _detached(e)
                     if not isinstance(e, (AdapterFileError, OSError)):
                         log.error("loading %s failed unexpectedly", name, exc_info=e)
                     continue
                 self.stats.loads += 1
-                self._lru[name] = nbytes
+                self._lru[name] = None
                 self._lru.move_to_end(name)
             self._evict(keep=set(wanted))
             self._update_stats()
         return errors
 
-    def _load(self, name: str) -> int:
+    def _load(self, name: str) -> None:
         files = self.store.read(name, self.model.max_adapter_bytes())
         self.model.load(files, name=name)
-        return files.nbytes
 
     def reload(self, name: str) -> bool:
         """Swap a resident task to the store's current files; False if it was not resident.
@@ -101,7 +106,7 @@ class AdapterCache:
                 return False
             files = self.store.read(name, self.model.max_adapter_bytes())
             self.model.replace(name, files)
-            self._lru[name] = files.nbytes
+            self._evict(keep={name})
             self._update_stats()
             return True
 
@@ -117,18 +122,20 @@ class AdapterCache:
 
     def _update_stats(self) -> None:
         self.stats.resident = len(self._lru)
-        self.stats.resident_bytes = sum(self._lru.values())
+        self.stats.resident_bytes = self.model.resident_bytes()
 
     def _evict(self, keep: set[str]) -> None:
-        total = sum(self._lru.values())
+        if self.model.resident_bytes() <= self.budget_bytes:
+            return  # free rows kept from growth cost nothing to keep while under budget
         for name in list(self._lru):
-            if total <= self.budget_bytes:
+            if self.model.resident_bytes(trimmed=True) <= self.budget_bytes:
                 break
             if name in keep:
                 continue
-            total -= self._lru.pop(name)
+            del self._lru[name]
             self.model.unload(name)
             self.stats.evictions += 1
+        self.model.trim()
 
     def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:
         self.ensure([name for name, _ in requests])

@@ -12,7 +12,11 @@ share one pass through the base, and each gets its own kind of answer.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +24,10 @@ import torch
 
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
-from ..data import collate
 from ..errors import AdapterFileError, DataError
 from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
-from .lora_bank import LoraBankLinear, Router, wrap
+from .lora_bank import LoraBankLinear, Place, Router, rank_bucket, wrap
 
 TextInput = str | tuple[str, str] | list[str] | dict
 
@@ -47,8 +50,136 @@ class ResidentTask:
     digest: str
     spec: TaskSpec
     impl: Kind
+    place: Place = (0, -1)  # where its factors sit in the banks: (rank bucket, row)
     users: int = 0  # forward passes using this slot right now
     retired: bool = False  # unloaded or replaced: the slot is freed when `users` drops to 0
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of its head held in memory (weight, bias, a dense saved whole)."""
+        parts = [self.head_weight, self.head_bias, *(self.dense or ())]
+        return sum(t.nbytes for t in parts if t is not None)
+
+
+def plan_chunks(lengths: Sequence[int], max_rows: int | None = None,
+                max_tokens: int | None = None) -> list[list[int]]:
+    """Row indices cut into forward passes: sorted by length, so short rows are not padded to
+    long ones, each chunk at most `max_rows` rows and `max_tokens` padded positions (rows x its
+    longest row). A row longer than `max_tokens` gets a chunk of its own.
+
+    The one planner of the engine (`MultiTaskModel.run_ids`, `logits_mixed`), the server's
+    batcher, evaluation and the benchmarks: scatter each chunk's outputs back by index.
+    """
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]  # ascending: this row is the chunk's longest
+        last = chunks[-1] if chunks else None
+        if last is not None and (max_rows is None or len(last) < max_rows) \
+                and (max_tokens is None or (len(last) + 1) * n <= max_tokens):
+            last.append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
+class SlotTable:
+    """Slot ids, bank rows and leases: which adapter versions are resident, where their
+    factors sit, and how many passes use each one.
+
+    Ints under one lock, no tensors: the model writes and clears the banks, this table says
+    which rows. Ids are what the public API counts (`capacity`, `slot_usage`); rows are per
+    rank bucket, allocated as they fill (a quarter more at a time) and given back by `trim`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.lock = threading.RLock()
+        self.capacity = capacity
+        self._free_ids = list(range(capacity - 1, 0, -1))  # slot 0 means "no adapter"
+        self._rows: dict[int, int] = {}  # bucket -> rows allocated
+        self._free_rows: dict[int, list[int]] = {}  # bucket -> heap of allocated rows not held
+        self._holders: dict[int, dict[int, ResidentTask]] = {}  # bucket -> row -> its version
+
+    def used(self) -> int:
+        return self.capacity - 1 - len(self._free_ids)
+
+    def rows(self, bucket: int) -> int:
+        return self._rows.get(bucket, 0)
+
+    def held(self, bucket: int) -> int:
+        return len(self._holders.get(bucket, ()))
+
+    def buckets(self) -> list[int]:
+        return sorted(self._rows)
+
+    def take(self, task: ResidentTask, bucket: int) -> int:
+        """Give `task` a slot id and the lowest free row of `bucket`; returns the rows the
+        bucket must have for it."""
+        if not self._free_ids:
+            old = self.capacity
+            self.capacity *= 2
+            self._free_ids = list(range(self.capacity - 1, old - 1, -1))
+        task.slot = self._free_ids.pop()
+        free = self._free_rows.setdefault(bucket, [])
+        if not free:
+            n = self._rows.get(bucket, 0)
+            grown = n + max(1, n // 4)
+            for r in range(n, grown):
+                heapq.heappush(free, r)
+            self._rows[bucket] = grown
+        row = heapq.heappop(free)
+        task.place = (bucket, row)
+        self._holders.setdefault(bucket, {})[row] = task
+        return self._rows[bucket]
+
+    def free(self, task: ResidentTask) -> int:
+        """Give back `task`'s id and row; returns the rows its bucket keeps (0: none left)."""
+        bucket, row = task.place
+        self._free_ids.append(task.slot)
+        holders = self._holders[bucket]
+        del holders[row]
+        if not holders:  # an empty bucket costs nothing to drop
+            del self._holders[bucket], self._rows[bucket], self._free_rows[bucket]
+            return 0
+        heapq.heappush(self._free_rows[bucket], row)
+        return self._rows[bucket]
+
+    def acquire(self, task: ResidentTask) -> None:
+        task.users += 1
+
+    def release(self, task: ResidentTask) -> bool:
+        """End one lease; True when that freed a retired version (the caller frees it)."""
+        task.users -= 1
+        return task.retired and task.users == 0
+
+    def retire(self, task: ResidentTask) -> bool:
+        """Mark a version unloaded or replaced; True when no pass uses it (free it now)."""
+        task.retired = True
+        return task.users == 0
+
+    def compaction(self, bucket: int) -> tuple[list[tuple[ResidentTask, int, int]], int]:
+        """Moves (version, from row, to row) that fill `bucket`'s holes with its highest
+        unleased rows, and the rows it needs afterwards. Leased versions never move: a pass
+        in flight has their rows in its route."""
+        holders = self._holders.get(bucket, {})
+        holes = sorted(r for r in range(len(holders)) if r not in holders)
+        movers = sorted((r for r in holders if r >= len(holders) and holders[r].users == 0),
+                        reverse=True)
+        moves = [(holders[src], src, dst) for src, dst in zip(movers, holes)]
+        moved = {src for _, src, _ in moves}
+        top = max([dst for _, _, dst in moves] + [r for r in holders if r not in moved],
+                  default=-1)
+        return moves, top + 1
+
+    def apply(self, bucket: int, moves: list[tuple[ResidentTask, int, int]], rows: int) -> None:
+        """Record a compaction of `bucket` the banks have carried out."""
+        holders = self._holders[bucket]
+        for task, src, dst in moves:
+            del holders[src]
+            holders[dst] = task
+            task.place = (bucket, dst)
+        self._rows[bucket] = rows
+        self._free_rows[bucket] = [r for r in range(rows) if r not in holders]
+        heapq.heapify(self._free_rows[bucket])
 
 
 PRECISIONS = {"fp32", "bf16"}
@@ -77,19 +208,20 @@ class MultiTaskModel:
         # Only linears some resident adapter targets are wrapped (on its first load): the others
         # stay plain nn.Linear and cost nothing per forward.
         self.banks: dict[str, LoraBankLinear] = {}
-        self.capacity = capacity
         self.tasks: dict[str, ResidentTask] = {}
-        self._free = list(range(capacity - 1, 0, -1))  # slot 0 means "no adapter"
-        self._lock = threading.RLock()
+        self.slots = SlotTable(capacity)
+        self._lock = self.slots.lock
+        self._head_bytes = 0  # heads of every version holding a slot, retired ones included
 
-    # -- adapters -------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Slots (ids) before the table grows; slot 0 means "no adapter"."""
+        return self.slots.capacity
 
-    def _take_slot(self) -> int:
-        if not self._free:
-            old = self.capacity
-            self.capacity *= 2
-            self._free = list(range(self.capacity - 1, old - 1, -1))
-        return self._free.pop()
+    @property
+    def device(self) -> torch.device:
+        """Where the base's weights, and so every tensor of a pass, live."""
+        return self.model.get_input_embeddings().weight.device
 
     def max_adapter_bytes(self) -> int:
         """The most tensor bytes one adapter for this base may hold: LoRA of full rank on every
@@ -112,19 +244,18 @@ class MultiTaskModel:
             if current is not None and current.digest == files.digest:
                 return name
             resident, pairs = self._prepare(files, name)
-            slot = self._take_slot()
+            rank = max((a.shape[0] for a, _, _ in pairs.values()), default=1)
+            rows = self.slots.take(resident, rank_bucket(rank))
             try:
                 for module in pairs:
                     if module not in self.banks:
                         self.banks[module] = wrap(self.model, module, self.router)
                 for module, (a, b, scale) in pairs.items():
-                    self.banks[module].set_slot(slot, a, b, scale, self.capacity)
+                    self.banks[module].set_slot(resident.place, a, b, scale, rows)
             except BaseException:
-                for bank in self.banks.values():
-                    bank.clear_slot(slot)
-                self._free.append(slot)
+                self._free(resident, counted=False)
                 raise
-            resident.slot = slot
+            self._head_bytes += resident.head_bytes
             self.tasks[name] = resident  # the swap: new requests see the new adapter from here
             if current is not None:
                 self._retire(current)
@@ -168,7 +299,7 @@ class MultiTaskModel:
     def slot_usage(self) -> tuple[int, int]:
         """(slots holding an adapter, slots allocated); slot 0 ("no adapter") is not counted."""
         with self._lock:
-            return self.capacity - 1 - len(self._free), self.capacity - 1
+            return self.slots.used(), self.capacity - 1
 
     def replace(self, name: str, path: str | Path | AdapterFiles) -> str:
         """Swap a resident task to a new adapter version; requests see the old or the new one.
@@ -184,11 +315,20 @@ class MultiTaskModel:
 
     def _retire(self, task: ResidentTask) -> None:
         """Free a slot once no request still runs on it (called with the lock held)."""
-        task.retired = True
-        if task.users == 0:
+        if self.slots.retire(task):
+            self._free(task)
+
+    def _free(self, task: ResidentTask, counted: bool = True) -> None:
+        """Clear a version's rows in the banks and give its slot back (lock held); `counted`:
+        its head is in `resident_bytes` (False for a load refused halfway)."""
+        for bank in self.banks.values():
+            bank.clear_slot(task.place)
+        bucket = task.place[0]
+        if self.slots.free(task) == 0:
             for bank in self.banks.values():
-                bank.clear_slot(task.slot)
-            self._free.append(task.slot)
+                bank.resize(bucket, 0)
+        if counted:
+            self._head_bytes -= task.head_bytes
 
     def unload(self, name: str) -> None:
         """Remove an adapter; requests already running on it finish with it."""
@@ -198,21 +338,43 @@ class MultiTaskModel:
                 raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
             self._retire(task)
 
-    def slot_bytes(self) -> int:
-        """Memory one resident adapter takes in the banks (all banks in use, padded rank)."""
-        total = 0
-        for bank in self.banks.values():
-            a, b = bank._banks
-            if a.shape[0]:
-                total += a[0].nbytes + b[0].nbytes
-        return total
+    def slot_bytes(self, rank: int = 8) -> int:
+        """Bank memory one resident adapter of rank `rank` takes (every bank in use, its rank
+        padded to its bucket)."""
+        bucket = rank_bucket(rank)
+        return sum(bucket * (bank.in_features + bank.out_features) * 4
+                   for bank in self.banks.values())
 
-    def resident_bytes(self) -> int:
-        """Bank memory reserved for all slots, plus every resident task's head."""
-        banks = sum(b._banks[0].nbytes + b._banks[1].nbytes for b in self.banks.values())
-        heads = sum(t.head_weight.nbytes + (t.dense[0].nbytes if t.dense else 0)
-                    for t in self.tasks.values())
-        return banks + heads
+    def resident_bytes(self, trimmed: bool = False) -> int:
+        """Bytes the engine holds for its adapters: every allocated bank row, padding and free
+        rows included, plus the head of every version holding a slot. `trimmed`: what `trim`
+        would leave (rows in use only)."""
+        with self._lock:
+            if not trimmed:
+                return sum(b.nbytes() for b in self.banks.values()) + self._head_bytes
+            rows = 0
+            for bucket in self.slots.buckets():
+                held = self.slots.held(bucket)
+                rows += sum(min(held, bank.rows(bucket)) * bucket
+                            * (bank.in_features + bank.out_features) * 4
+                            for bank in self.banks.values())
+            return rows + self._head_bytes
+
+    def trim(self) -> int:
+        """Give back bank rows no adapter holds: unleased adapters move down into the holes,
+        each bucket shrinks to the rows in use. Returns the bytes now held."""
+        with self._lock:
+            for bucket in self.slots.buckets():
+                moves, rows = self.slots.compaction(bucket)
+                if not moves and rows == self.slots.rows(bucket):
+                    continue
+                for bank in self.banks.values():
+                    for _, src, dst in moves:
+                        bank.move(bucket, src, dst)
+                    if bank.rows(bucket) > rows:
+                        bank.resize(bucket, rows)
+                self.slots.apply(bucket, moves, rows)
+            return self.resident_bytes()
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -221,40 +383,67 @@ class MultiTaskModel:
         a DataError (not naming the task) says what is wrong with the input."""
         return task.impl.encode(task.spec, self.tokenizer, item)
 
+    def route(self, tasks: list[ResidentTask]) -> contextlib.AbstractContextManager:
+        """Route row i of the next pass on this thread through `tasks[i]`'s adapter: what a
+        switch of adapter costs (`forward` runs inside it; rows of one adapter next to each
+        other run fastest)."""
+        return self.router.route([t.place for t in tasks], self.device)
+
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
         """Raw outputs for token ids, each row through its own (leased) task's adapter and head:
         [n_outputs] for sequence kinds, [tokens, n_outputs] for token-level kinds."""
-        input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0)
+        # rows of one adapter version next to each other: each adapter's LoRA work and head
+        # run on a view of its rows (a replace mid-batch gives two versions two places)
+        order = sorted(range(len(tasks)), key=lambda i: tasks[i].place)
+        ids = [ids[i] for i in order]
+        tasks = [tasks[i] for i in order]
+        device = self.device
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids],  # [B, T]
+                                 dtype=torch.long, device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids],  # [B, T]
+                            dtype=torch.long, device=device)
         low = self.precision == "bf16"
-        with self.router.route([t.slot for t in tasks]), \
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with self.router.route([t.place for t in tasks], device), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             hidden = encoder.encoder_hidden(self.arch, self.model, input_ids, mask,  # [B, T, hidden]
                                           self.tokenizer.sep_token_id).float()
-            cls = hidden[:, 0]
+            cls = hidden[:, 0]  # [B, hidden]
             if any(t.spec.is_sequence for t in tasks):
                 dense = encoder.dense_module(self.arch, self.model)
-                shared = encoder.dense_activation(self.arch, dense(cls).float())
+                shared = encoder.dense_activation(self.arch, dense(cls).float())  # [B, hidden]
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
-        # grouped by resident version, not by name: a batch may hold rows leased before and
-        # after a replace of the same task, and each must get its own version's head
-        groups: dict[int, list[int]] = {}
-        for row, t in enumerate(tasks):
-            groups.setdefault(id(t), []).append(row)
-        for rows in groups.values():  # heads are small: one matmul per task in the batch
-            t = tasks[rows[0]]
+        start = 0
+        while start < len(tasks):  # heads are small: one matmul per version in the batch
+            t, end = tasks[start], start + 1
+            while end < len(tasks) and tasks[end] is t:
+                end += 1
             if t.spec.is_sequence:
-                feats = shared[rows]
+                feats = shared[start:end]
                 if t.dense is not None:
                     w, b = t.dense
-                    feats = encoder.dense_activation(self.arch, cls[rows] @ w.T + b)
+                    feats = encoder.dense_activation(self.arch, cls[start:end] @ w.T + b)
             else:
-                feats = hidden[rows]  # token-level heads read every position
+                feats = hidden[start:end]  # token-level heads read every position
             logits = feats @ t.head_weight.T
             if t.head_bias is not None:
                 logits = logits + t.head_bias
-            for i, row in enumerate(rows):
-                out[row] = logits[i] if t.spec.is_sequence else logits[i, : len(ids[row])]
+            for i in range(end - start):
+                row = order[start + i]
+                out[row] = logits[i] if t.spec.is_sequence else logits[i, : len(ids[start + i])]
+            start = end
+        return out
+
+    def run_rows(self, ids: list[list[int]], tasks: list[ResidentTask], max_rows: int | None = 64,
+                 max_tokens: int | None = None) -> list[torch.Tensor]:
+        """`forward` over any number of rows of leased tasks, in passes cut by `plan_chunks`;
+        outputs in input order."""
+        out: list = [None] * len(ids)
+        for chunk in plan_chunks([len(x) for x in ids], max_rows, max_tokens):
+            for i, row in zip(chunk, self.forward([ids[i] for i in chunk], [tasks[i] for i in chunk])):
+                out[i] = row
         return out
 
     def logits_mixed(self, requests: list[tuple[str, TextInput]],
@@ -274,39 +463,43 @@ class MultiTaskModel:
         """
         with self._lock:
             task = self._task(name)
-            task.users += 1
+            self.slots.acquire(task)
             return task
 
     def release(self, task: ResidentTask) -> None:
         """End one lease taken by `acquire`."""
         with self._lock:
-            task.users -= 1
-            if task.retired and task.users == 0:
-                self._retire(task)
+            if self.slots.release(task):
+                self._free(task)
+
+    @contextmanager
+    def leased(self, names: list[str]) -> Iterator[list[ResidentTask]]:
+        """The current version of each named task, all leased together for the block (so each
+        row sees one adapter version), released after it."""
+        with self._lock:
+            tasks = [self._task(name) for name in names]
+            distinct = list({id(t): t for t in tasks}.values())
+            for t in distinct:
+                self.slots.acquire(t)
+        try:
+            yield tasks
+        finally:
+            for t in distinct:
+                self.release(t)
 
     def _run(self, requests: list[tuple[str, TextInput]], batch_size: int = 64
              ) -> list[tuple[ResidentTask, list[Row], list[torch.Tensor]]]:
         """(task version used, model inputs, raw output per input) per request, in order."""
-        with self._lock:  # lease every task this call uses: each row sees one adapter version
-            resolved = [(self._task(name), item) for name, item in requests]
-            leased = list({id(t): t for t, _ in resolved}.values())
-            for t in leased:
-                t.users += 1
-        try:
-            encoded = [(t, self._encode_named(t, i, item)) for i, (t, item) in enumerate(resolved)]
-            flat = [(r, j) for r, (_, rows) in enumerate(encoded) for j in range(len(rows))]
-            flat.sort(key=lambda rj: len(encoded[rj[0]][1][rj[1]].ids))
-            outs: list[list] = [[None] * len(rows) for _, rows in encoded]
-            for start in range(0, len(flat), batch_size):
-                chunk = flat[start : start + batch_size]
-                result = self.forward([encoded[r][1][j].ids for r, j in chunk],
-                                       [encoded[r][0] for r, _ in chunk])
-                for (r, j), row in zip(chunk, result):
-                    outs[r][j] = row
-            return [(t, rows, o) for (t, rows), o in zip(encoded, outs)]
-        finally:
-            for t in leased:
-                self.release(t)
+        with self.leased([name for name, _ in requests]) as tasks:
+            encoded = [self._encode_named(t, i, item)
+                       for i, (t, (_, item)) in enumerate(zip(tasks, requests))]
+            flat = [(r, j) for r, rows in enumerate(encoded) for j in range(len(rows))]
+            outs = self.run_rows([encoded[r][j].ids for r, j in flat], [tasks[r] for r, _ in flat],
+                                 batch_size)
+            per_request: list[list] = [[None] * len(rows) for rows in encoded]
+            for (r, j), row in zip(flat, outs):
+                per_request[r][j] = row
+            return list(zip(tasks, encoded, per_request))
 
     def _encode_named(self, task: ResidentTask, index: int, item: TextInput) -> list[Row]:
         try:
@@ -316,17 +509,8 @@ class MultiTaskModel:
 
     def run_ids(self, name: str, ids: list[list[int]], batch_size: int = 64) -> list[torch.Tensor]:
         """Raw outputs for already tokenised rows of one task (evaluation), in order."""
-        task = self.acquire(name)
-        try:
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            out: list = [None] * len(ids)
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                for i, row in zip(idx, self.forward([ids[i] for i in idx], [task] * len(idx))):
-                    out[i] = row
-            return out
-        finally:
-            self.release(task)
+        with self.leased([name]) as (task,):
+            return self.run_rows(ids, [task] * len(ids), batch_size)
 
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)

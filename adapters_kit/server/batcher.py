@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..engine.cache import AdapterCache
-from ..engine.model import ResidentTask
+from ..engine.model import ResidentTask, plan_chunks
 from ..errors import AdapterFileError, DataError
 from ..kinds import Row
 from .config import ServeConfig
@@ -326,20 +326,13 @@ class Batcher:
                           "an operator must replace the adapter")
 
     def _run(self, batch: list[_Prepared]) -> None:
-        budget, max_rows = self.config.batch_tokens, self.config.max_batch_rows
         for p in batch:
             p.outs = [[None] * len(rows) for rows in p.rows]
         flat = [(b, i, j) for b, p in enumerate(batch) for i, rows in enumerate(p.rows)
                 for j in range(len(rows))]
-        flat.sort(key=lambda bij: len(batch[bij[0]].rows[bij[1]][bij[2]].ids))
-        chunks: list[list[tuple[int, int, int]]] = []
-        for bij in flat:
-            b, i, j = bij
-            length = len(batch[b].rows[i][j].ids)  # ascending: this row is the chunk's longest
-            if chunks and len(chunks[-1]) < max_rows and (len(chunks[-1]) + 1) * length <= budget:
-                chunks[-1].append(bij)
-            else:
-                chunks.append([bij])
+        plan = plan_chunks([len(batch[b].rows[i][j].ids) for b, i, j in flat],
+                           self.config.max_batch_rows, self.config.batch_tokens)
+        chunks = [[flat[k] for k in chunk] for chunk in plan]
         self.metrics.batch_inputs.observe(sum(len(p.items) for p in batch))
         self.metrics.batch_tasks.observe(len({p.task.name for p in batch}))
         expired: set[int] = set()
