@@ -63,6 +63,16 @@ def refuse_directory(path: Path) -> None:
                     f"{path / (names[0] if names else 'train.tsv')} (it holds: {held or 'nothing'})")
 
 
+def data_file(spec: TaskSpec, location: str) -> Path:
+    """`location` as an existing data file, or an error naming what is there instead."""
+    path = Path(location)
+    refuse_directory(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; fix the path in the task card "
+                        f"({spec.source or 'register_task'}) or pass --data PATH")
+    return path
+
+
 def codec(encoding: str) -> str:
     """The Python codec name for `encoding`, or an error naming it and the usual choices."""
     try:
@@ -130,10 +140,7 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
             return datasets.load_dataset(location, split=split)
         except Exception as e:  # datasets raises many types for a missing or offline dataset
             raise DataError(f"cannot load hub dataset {location!r} split {split!r}: {e}") from e
-    path = Path(location)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; fix the path in the task card "
-                        f"({spec.source or 'register_task'}) or pass --data PATH")
+    path = data_file(spec, location)
     utf8 = codec(spec.encoding) == "utf-8"
     if fmt in ("csv", "tsv", "jsonl"):
         lines = check_encoding(path, spec.encoding)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import SPAN_OUT
-from ..data import read_table, refuse_directory
+from ..data import data_file, read_table
 from ..errors import DataError, DataWarning
 from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 from .squad_eval import squad_scores
@@ -97,11 +97,7 @@ def read_qa_split(spec, location: str) -> QASplit:
     """Read and check a SQuAD-style file; examples with no usable answer are skipped."""
     fmt = spec.format or ("squad" if Path(location).suffix.lower() == ".json" else "jsonl")
     if fmt == "squad":
-        path = Path(location)
-        refuse_directory(path)
-        if not path.is_file():
-            raise DataError(f"data file {path} does not exist; fix the path in the task card "
-                            f"({spec.source or 'register_task'}) or pass --data PATH")
+        path = data_file(spec, location)
         records = _records_from_squad(path)
     elif fmt in ("jsonl", "parquet", "hub"):
         records = _records_from_table(spec, location)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import check_encoding, read_table, refuse_directory, row_list
+from ..data import check_encoding, data_file, read_table, row_list
 from ..errors import DataError
 from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 
@@ -84,11 +84,7 @@ def read_conll(path: Path, encoding: str = "utf-8") -> TokenSplit:
 def read_token_split(spec, location: str) -> TokenSplit:
     fmt = _format(spec, location)
     if fmt == "conll":
-        path = Path(location)
-        refuse_directory(path)
-        if not path.is_file():
-            raise DataError(f"data file {path} does not exist; fix the path in the task card "
-                            f"({spec.source or 'register_task'}) or pass --data PATH")
+        path = data_file(spec, location)
         split = read_conll(path, spec.encoding)
     else:
         ds = read_table(spec, location)

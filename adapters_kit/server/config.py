@@ -60,7 +60,8 @@ class ServeConfig:
     retry_after_s: int = 1
     """Seconds sent in Retry-After with a 429."""
     cache_bytes: int = 512 << 20
-    """Budget of resident adapter files; least recently used adapters are unloaded beyond it."""
+    """Budget of what the engine holds for resident adapters (bank rows, their padding, heads);
+    least recently used adapters are unloaded beyond it."""
     torch_threads: int = 0
     """Intra-op threads of the engine thread; 0: every core (on Ray: cores / replicas). The
     HTTP side needs little (a profile under load put the engine thread at 95% of the server's

@@ -35,7 +35,8 @@ class _CacheCollector:
         g.add_metric([], resident)
         yield g
         g = GaugeMetricFamily("adapters_kit_resident_adapter_bytes",
-                              "bytes of adapter files resident under the cache budget")
+                              "bytes the engine holds for resident adapters (bank rows, padding, "
+                              "heads), under the cache budget")
         g.add_metric([], s.resident_bytes)
         yield g
 
