@@ -12,6 +12,7 @@ share one pass through the base, and each gets its own kind of answer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,13 @@ class MultiTaskModel:
             task = self._task(name)
             task.users += 1
             return task
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold the engine for the block: other threads' loads, unloads and batches wait at
+        their next step (the holding thread itself may still call in)."""
+        with self._lock:
+            yield
 
     def release(self, task: ResidentTask) -> None:
         """End one lease taken by `acquire`."""
