@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ._quiet import quiet_transformers
 from .embedded import BASE_INFO, EMBEDDED, cache_root, embedded_dir
 from .errors import BackboneError
 from .fsutil import atomic_directory, recover_directory
@@ -64,13 +65,6 @@ def reads_head_dense(kind: str) -> bool:
     return kind not in AUTO_CLASS
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def target_modules(arch: str, preset: str | list[str], head: str = "lora",
                    kind: str = "classification") -> list[str]:
     """Module-name suffixes that get LoRA for `preset`.
@@ -97,10 +91,10 @@ def target_modules(arch: str, preset: str | list[str], head: str = "lora",
     return names
 
 
+@quiet_transformers()
 def _arch_of(name_or_path: str | Path) -> str:
     from transformers import AutoConfig
 
-    _quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
@@ -126,6 +120,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "--", name).strip("-")[:80]
 
 
+@quiet_transformers()
 def _materialise(name_or_path: str) -> Path:
     """Copy a hub or local backbone into a base folder with a deterministic head dense layer."""
     from transformers import AutoModelForSequenceClassification
@@ -216,10 +211,10 @@ class Backbone:
         return cls(name=str(name), path=path, arch=arch,
                    description=info.get("description", f"{arch} from {name}"))
 
+    @quiet_transformers()
     def tokenizer(self):
         from transformers import AutoTokenizer
 
-        _quiet_transformers()
         return AutoTokenizer.from_pretrained(str(self.path))
 
     def head_dir(self, num_labels: int, head: str = HEAD_OUT) -> Path:
@@ -265,6 +260,7 @@ class Backbone:
                 raise
         return target
 
+    @quiet_transformers()
     def load_model(self, num_labels: int, problem_type: str | None = None,
                    kind: str = "classification") -> torch.nn.Module:
         """The base with the head of `kind` (`AutoModelForSequenceClassification`,
@@ -272,7 +268,6 @@ class Backbone:
         load it."""
         import transformers
 
-        _quiet_transformers()
         cls = getattr(transformers, AUTO_CLASS.get(kind, "AutoModelForSequenceClassification"))
         kwargs = {"problem_type": problem_type} if problem_type else {}
         with warnings.catch_warnings():  # the shared base folder holds the other kinds' layers
