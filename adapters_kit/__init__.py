@@ -2,7 +2,16 @@
 
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
 from .cache import AdapterCache
-from .errors import AdapterFileError, AdaptersKitError, BackboneError, DataError, TaskError
+from .errors import (
+    AdapterFileError,
+    AdaptersKitError,
+    BackboneError,
+    DataError,
+    TaskError,
+    TrainingError,
+    TrainingInterrupted,
+    UnknownTaskError,
+)
 from .merge import merge_adapter
 from .runtime import MultiTaskModel
 from .store import AdapterStore, read_adapter
@@ -24,6 +33,9 @@ __all__ = [
     "TaskSpec",
     "TrainConfig",
     "TrainResult",
+    "TrainingError",
+    "TrainingInterrupted",
+    "UnknownTaskError",
     "get_task",
     "list_tasks",
     "load_card",

@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import AdaptersKitError
+from .errors import AdaptersKitError, TrainingInterrupted
 from .metrics import QualityWarning
 
 
@@ -382,9 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (AdaptersKitError, FileExistsError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return _fail(as_json, 2, type(e).__name__, msg)
+    except TrainingInterrupted as e:
+        return _fail(as_json, 130, "Interrupted", f"{e}; `train` resumes from its last checkpoint "
+                     "if run again")
+    except (AdaptersKitError, FileExistsError) as e:  # a user's mistake; any other error is a bug
+        return _fail(as_json, 2, type(e).__name__, str(e))
     except KeyboardInterrupt:
         return _fail(as_json, 130, "Interrupted", "interrupted; `train` resumes from its last "
                      "checkpoint if run again")

@@ -22,7 +22,7 @@ import torch
 from . import heads
 from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
 from .data import collate
-from .errors import AdapterFileError, DataError
+from .errors import AdapterFileError, DataError, UnknownTaskError
 from .kinds import Kind, Row, kind_of
 from .lora_bank import LoraBankLinear, Router, wrap
 from .store import AdapterFiles, check_against_base, read_adapter
@@ -180,8 +180,8 @@ class MultiTaskModel:
         """
         with self._lock:
             if name not in self.tasks:
-                raise KeyError(f"task {name!r} is not loaded, so there is nothing to replace; "
-                               f"loaded: {sorted(self.tasks)}. Use load() instead")
+                raise UnknownTaskError(f"task {name!r} is not loaded, so there is nothing to "
+                                       f"replace; loaded: {sorted(self.tasks)}. Use load() instead")
         return self.load(path, name=name)
 
     def _retire(self, task: ResidentTask) -> None:
@@ -197,7 +197,7 @@ class MultiTaskModel:
         with self._lock:
             task = self.tasks.pop(name, None)
             if task is None:
-                raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+                raise UnknownTaskError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
             self._retire(task)
 
     def slot_bytes(self) -> int:
@@ -340,7 +340,7 @@ class MultiTaskModel:
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)
         if task is None:
-            raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+            raise UnknownTaskError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
         return task
 
     def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:
