@@ -48,29 +48,20 @@ TARGET_PRESETS: dict[str, dict[str, list[str]]] = {
 # gets a LoRA update, so an adapter never carries a dim x dim matrix (see README, "Small files").
 HEAD_DENSE_PATH = {"distilbert": "pre_classifier", "albert": "albert.pooler"}
 HEAD_DENSE = {arch: path.rsplit(".", 1)[-1] for arch, path in HEAD_DENSE_PATH.items()}  # peft suffix
+# The transformers heads' output layers: a task owns one of them (its kind says which), and a
+# base never does (they are dropped from the cached base, see `Backbone.head_dir`).
 HEAD_OUT = "classifier"
-SPAN_OUT = "qa_outputs"  # extractive QA's start/end layer
-# The transformers class (and so the head) each task kind is trained and served with.
-AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
-              "extractive-qa": "AutoModelForQuestionAnswering"}
-
-
-def head_module(kind: str) -> str:
-    """The output layer a task of `kind` owns: `classifier`, or `qa_outputs` for extractive QA."""
-    return SPAN_OUT if kind == "extractive-qa" else HEAD_OUT
-
-
-def reads_head_dense(kind: str) -> bool:
-    """Sequence kinds read the first token through the head's dense layer; token kinds don't."""
-    return kind not in AUTO_CLASS
+SPAN_OUT = "qa_outputs"  # the start/end layer of AutoModelForQuestionAnswering
+OUTPUT_LAYERS = (HEAD_OUT, SPAN_OUT)
 
 
 def target_modules(arch: str, preset: str | list[str], head: str = "lora",
-                   kind: str = "classification") -> list[str]:
+                   pooled: bool = True) -> list[str]:
     """Module-name suffixes that get LoRA for `preset`.
 
-    Sequence kinds with `head == "lora"` (the small-file design): the head's dense layer and
-    the classifier get LoRA too. The classifier's base is zero (see `Backbone.head_dir`), so its
+    A `pooled` head (the sequence kinds: the first token through the head's dense layer) with
+    `head == "lora"` (the small-file design): the head's dense layer and the classifier get
+    LoRA too. The classifier's base is zero (see `Backbone.head_dir`), so its
     LoRA product *is* the task classifier, and no dim x dim matrix is ever saved.
 
     Token-level kinds (NER, QA) have no dense layer in their head, and their output layer
@@ -86,7 +77,7 @@ def target_modules(arch: str, preset: str | list[str], head: str = "lora",
         names = list(presets[preset])
     else:
         names = list(preset)
-    if head == "lora" and reads_head_dense(kind):
+    if head == "lora" and pooled:
         names += [m for m in (HEAD_DENSE[arch], HEAD_OUT) if m not in names]
     return names
 
@@ -148,7 +139,7 @@ def _materialise(name_or_path: str) -> Path:
     try:
         with atomic_directory(target) as tmp:
             state = {k: v.contiguous() for k, v in model.state_dict().items()
-                     if not k.startswith((HEAD_OUT + ".", SPAN_OUT + "."))}
+                     if not k.startswith(tuple(m + "." for m in OUTPUT_LAYERS))}
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
             model.config.save_pretrained(tmp)
             try:
@@ -184,7 +175,7 @@ def fingerprint(model: torch.nn.Module) -> str:
             "num_hidden_groups", "embedding_size", "intermediate_size", "hidden_dim")
     h.update(json.dumps({k: getattr(config, k, None) for k in keys}, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith((HEAD_OUT + ".", SPAN_OUT + ".")) or ".lora_" in name or \
+        if name.startswith(tuple(m + "." for m in OUTPUT_LAYERS)) or ".lora_" in name or \
                 "modules_to_save" in name:
             continue
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
@@ -262,17 +253,17 @@ class Backbone:
 
     @quiet_transformers()
     def load_model(self, num_labels: int, problem_type: str | None = None,
-                   kind: str = "classification") -> torch.nn.Module:
-        """The base with the head of `kind` (`AutoModelForSequenceClassification`,
-        `...ForTokenClassification` or `...ForQuestionAnswering`), exactly as plain peft users
-        load it."""
+                   auto_class: str = "AutoModelForSequenceClassification",
+                   head: str = HEAD_OUT) -> torch.nn.Module:
+        """The base with a transformers head (`auto_class`, whose output layer is `head`),
+        exactly as plain peft users load it. A task's kind knows which: `Kind.load_model`."""
         import transformers
 
-        cls = getattr(transformers, AUTO_CLASS.get(kind, "AutoModelForSequenceClassification"))
+        cls = getattr(transformers, auto_class)
         kwargs = {"problem_type": problem_type} if problem_type else {}
         with warnings.catch_warnings():  # the shared base folder holds the other kinds' layers
             warnings.filterwarnings("ignore", message=".*were not used when initializing.*")
-            model = cls.from_pretrained(str(self.head_dir(num_labels, head_module(kind))),
+            model = cls.from_pretrained(str(self.head_dir(num_labels, head)),
                                         num_labels=num_labels, **kwargs)
         return model.eval()
 

@@ -167,50 +167,20 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
 
 
 def _targets(spec: TaskSpec, raw: list, rows: list[int]) -> tuple[torch.Tensor, str | None]:
-    """Model targets for the label column, and the problem with it (None when every row fits)."""
-    bad: dict[str, list[int]] = {}
-    if spec.kind == "regression":
-        out = []
-        for row, v in zip(rows, raw):
-            try:
-                out.append(float(v))
-            except (TypeError, ValueError):
-                bad.setdefault(str(v), []).append(row)
-                out.append(0.0)
-        result = torch.tensor(out, dtype=torch.float32)
-    elif spec.kind == "classification":
-        index = {name: i for i, name in enumerate(spec.labels)}
-        ids = []
-        for row, v in zip(rows, raw):
-            key = str(v).strip()
-            name = spec.label_map.get(key, key)
-            if name not in index:
-                bad.setdefault(key, []).append(row)
-            ids.append(index.get(name, -1))
-        result = torch.tensor(ids, dtype=torch.long)
-    else:
-        index = {name: i for i, name in enumerate(spec.labels)}
-        result = torch.zeros(len(raw), len(spec.labels))
-        for i, (row, v) in enumerate(zip(rows, raw)):
-            items = v if isinstance(v, list) else [s for s in str(v).split(spec.label_separator)]
-            for item in items:
-                key = str(item).strip()
-                if not key:
-                    continue
-                name = spec.label_map.get(key, key)
-                if name not in index:
-                    bad.setdefault(key, []).append(row)
-                else:
-                    result[i, index[name]] = 1.0
+    """Model targets for the label column (the kind parses them), and the problem with it (None
+    when every row fits)."""
+    from .kinds import kind_of
+
+    kind = kind_of(spec)
+    result, bad = kind.parse_targets(spec, raw, rows)
     if not bad:
         return result, None
     parts = [f"{label!r} ({row_list(found)})" for label, found in list(bad.items())[:10]]
     if len(bad) > 10:
         parts.append(f"and {len(bad) - 10} more values")
-    expected = "numbers" if spec.kind == "regression" else f"one of {spec.labels}" + (
-        f" or raw values {sorted(spec.label_map)}" if spec.label_map else "")
-    return result, (f"label {'; '.join(parts)} is not in task {spec.name!r}: expected {expected}. "
-                    "Fix the data, or add the label to the task's labels/label_map")
+    return result, (f"label {'; '.join(parts)} is not in task {spec.name!r}: expected "
+                    f"{kind.expected_labels(spec)}. Fix the data, or add the label to the task's "
+                    "labels/label_map")
 
 
 def to_split(spec: TaskSpec, ds, where: str) -> Split:

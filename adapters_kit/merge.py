@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .backbones import Backbone
 from .fsutil import atomic_directory
+from .kinds import kind_of
 from .store import check_against_base, read_adapter
 
 
@@ -19,17 +20,15 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     from peft import PeftModel
 
     files = read_adapter(adapter_dir)  # verified before peft reads anything
-    task = files.task["task"]
+    kind = kind_of(files.spec)
     backbone = Backbone.resolve(files.task["backbone"]["name"])
     check_against_base(files, backbone.load_model(1), backbone.fingerprint())
-    base = backbone.load_model(files.num_outputs, kind=task["kind"])
+    base = kind.load_model(backbone, files.num_outputs)
     merged = PeftModel.from_pretrained(base, str(files.path)).merge_and_unload().eval()
-    labels = task["labels"] or (["start", "end"] if task["kind"] == "extractive-qa" else ["value"])
+    labels = kind.output_names(files.spec)
     merged.config.id2label = dict(enumerate(labels))
     merged.config.label2id = {label: i for i, label in enumerate(labels)}
-    merged.config.problem_type = {"classification": "single_label_classification",
-                                  "multi-label": "multi_label_classification",
-                                  "regression": "regression"}.get(task["kind"])
+    merged.config.problem_type = kind.problem_type
     with atomic_directory(Path(out_dir), overwrite=overwrite) as tmp:
         merged.save_pretrained(str(tmp))
         backbone.tokenizer().save_pretrained(str(tmp))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import heads
+from . import encoder
 from .backbones import HEAD_DENSE_PATH, Backbone, fingerprint
 from .data import collate
 from .errors import AdapterFileError, DataError, UnknownTaskError
@@ -231,12 +231,12 @@ class MultiTaskModel:
         low = self.precision == "bf16"
         with self.router.route([t.slot for t in tasks]), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
-            hidden = heads.encoder_hidden(self.arch, self.model, input_ids, mask,  # [B, T, hidden]
+            hidden = encoder.encoder_hidden(self.arch, self.model, input_ids, mask,  # [B, T, hidden]
                                           self.tokenizer.sep_token_id).float()
             cls = hidden[:, 0]
             if any(t.spec.is_sequence for t in tasks):
-                dense = heads.dense_module(self.arch, self.model)
-                shared = heads.dense_activation(self.arch, dense(cls).float())
+                dense = encoder.dense_module(self.arch, self.model)
+                shared = encoder.dense_activation(self.arch, dense(cls).float())
         out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
         # grouped by resident version, not by name: a batch may hold rows leased before and
         # after a replace of the same task, and each must get its own version's head
@@ -249,7 +249,7 @@ class MultiTaskModel:
                 feats = shared[rows]
                 if t.dense is not None:
                     w, b = t.dense
-                    feats = heads.dense_activation(self.arch, cls[rows] @ w.T + b)
+                    feats = encoder.dense_activation(self.arch, cls[rows] @ w.T + b)
             else:
                 feats = hidden[rows]  # token-level heads read every position
             logits = feats @ t.head_weight.T

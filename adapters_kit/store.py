@@ -26,9 +26,10 @@ import torch
 
 from . import adapter_meta as meta
 from .adapter_meta import FORMAT_VERSION
-from .backbones import HEAD_OUT, SPAN_OUT, head_module
+from .backbones import OUTPUT_LAYERS
 from .errors import AdapterFileError
 from .fsutil import atomic_directory, recover_directory, sha256_file
+from .kinds import kind_of
 from .tasks import TaskSpec
 
 CONFIG = "adapter_config.json"
@@ -107,7 +108,7 @@ class AdapterFiles:
     @property
     def head_name(self) -> str:
         """The task's output layer: `classifier`, or `qa_outputs` for extractive QA."""
-        return head_module(self.kind)
+        return kind_of(self.spec).head
 
     @property
     def num_outputs(self) -> int:
@@ -123,7 +124,7 @@ class AdapterFiles:
         for key, a in self.tensors.items():
             if key.endswith(".lora_A.weight"):
                 module = key[len(_PREFIX) : -len(".lora_A.weight")]
-                if module in (HEAD_OUT, SPAN_OUT) and not include_head:
+                if module in OUTPUT_LAYERS and not include_head:
                     continue
                 out[module] = (a, self.tensors[key.replace(".lora_A.", ".lora_B.")])
         return out
@@ -238,7 +239,7 @@ def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
         raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
                       "copy the adapter again; the file may be truncated") from None
     del checked
-    head = head_module(spec.kind)
+    head = kind_of(spec).head
     if _PREFIX + head + ".weight" not in tensors and _PREFIX + head + ".lora_A.weight" not in tensors:
         raise _refuse(path, f"it has no task head ({head}) weights",
                       "train it with adapters-kit, which saves the head with the adapter")

@@ -12,27 +12,14 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import TaskError, shown
+from .kinds import DEFAULT_KIND, Kind, get_kind, kind_names, kind_of
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-KINDS = ("classification", "multi-label", "regression", "token-classification", "extractive-qa")
-SEQUENCE_KINDS = ("classification", "multi-label", "regression")
-METRICS = {
-    "classification": ("accuracy", "f1_macro", "mcc"),
-    "multi-label": ("f1_micro", "f1_macro"),
-    "regression": ("pearson", "spearman"),
-    "token-classification": ("f1", "precision", "recall"),
-    "extractive-qa": ("f1", "exact_match"),
-}
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub", "conll", "squad")
-# Column defaults that differ by kind (a card may still name its own columns).
-_KIND_FIELDS = {"token-classification": (["tokens"], "tags"),
-                "extractive-qa": (["question", "context"], "answers")}
-_BIO = re.compile(r"^(O|[BI]-\S+)$")
-
 # Two name rules, both owned here. A *task name* (`TaskSpec.name`: cards, the registry, the
 # `task.json` of an adapter) is a lower-case identifier. A *served name* is what the store and
 # the server call an adapter: its store folder's name, chosen by whoever installs it (`PUT
@@ -61,19 +48,19 @@ class TaskSpec:
 
     name: str
     """Lower-case identifier: letters, digits, `_` and `-`, starting with a letter."""
-    kind: str = "classification"
-    """One of `classification`, `multi-label`, `regression`, `token-classification` (NER, BIO
-    tags) or `extractive-qa` (a start/end span in a context)."""
+    kind: str = DEFAULT_KIND
+    """A registered kind (`adapters_kit.kinds.kind_names()`): `classification`, `multi-label`,
+    `regression`, `token-classification` (NER, BIO tags), `extractive-qa` (a start/end span in
+    a context), or one added with `register_kind`."""
     labels: list[str] = field(default_factory=list)
     """Label names in output order; empty for regression."""
     text_fields: list[str] | None = None
-    """One column (single text) or two (a text pair); unset: `["text"]`. Token classification:
-    the tokens column (unset: `tokens`); extractive QA: question and context (unset: `question`,
-    `context`)."""
+    """One column (single text) or two (a text pair); unset: the kind's default (`text`; token
+    classification `tokens`; extractive QA `question`, `context`)."""
     label_field: str | None = None
-    """Column holding the label: a name, a raw value in `label_map`, or for multi-label a list
-    or a `label_separator`-joined string. Unset: `label` (token classification `tags`,
-    extractive QA `answers`)."""
+    """Column holding the label (unset: the kind's default, `label`; token classification `tags`;
+    QA `answers`): a name, a raw value in `label_map`, or for multi-label a list
+    or a `label_separator`-joined string."""
     label_map: dict[str, str] = field(default_factory=dict)
     """Raw value in the file -> label name, e.g. {"0": "negative"}."""
     label_separator: str = ","
@@ -104,7 +91,7 @@ class TaskSpec:
     Classification weights its cross-entropy; multi-label sets BCE's `pos_weight` per label
     (`"balanced"`: negative rows / positive rows). Other kinds refuse it."""
     max_length: int | None = None
-    """Word pieces per input (extractive QA: per window). Unset: 128 (extractive QA: 384)."""
+    """Word pieces per input; unset: the kind's default (128; extractive QA, per window: 384)."""
     doc_stride: int = 128
     """Extractive QA: tokens of overlap between the windows of a long context."""
     max_answer_length: int = 30
@@ -125,52 +112,42 @@ class TaskSpec:
         if problems:
             where = f" (card {self.source})" if isinstance(self.source, str) else ""
             raise TaskError(f"task {self.name!r}{where} is invalid:\n  - " + "\n  - ".join(problems))
-        # Unset (None) means the kind's default; a value given, even the plain default, stays.
-        fields_default, label_default = _KIND_FIELDS.get(self.kind, (["text"], "label"))
+        kind = get_kind(self.kind)
+        if kind is None:
+            problems.append(f"kind {self.kind!r} is not one of {kind_names()} (register_kind adds one)")
+        # unset fields take the kind's defaults; any value may also be chosen on purpose
+        defaults = kind or Kind
         if self.text_fields is None:
-            self.text_fields = list(fields_default)
+            self.text_fields = list(defaults.text_fields)
         if self.label_field is None:
-            self.label_field = label_default
-        if self.max_length is None:  # QA contexts are long: the usual SQuAD window
-            self.max_length = 384 if self.kind == "extractive-qa" else 128
+            self.label_field = defaults.label_field
+        if self.max_length is None:
+            self.max_length = defaults.max_length
         if not is_task_name(self.name):
             problems.append(f"name {self.name!r} must be {TASK_NAME_RULE}")
-        if self.kind not in KINDS:
-            problems.append(f"kind {self.kind!r} is not one of {list(KINDS)}")
-        else:
-            if self.kind in ("regression", "extractive-qa") and self.labels:
+        if kind is not None:
+            if not kind.labelled and self.labels:
                 problems.append(f"a {self.kind} task has no labels; remove `labels`")
-            if self.kind == "token-classification":
-                bad = [x for x in self.labels if not _BIO.match(str(x))]
-                if bad:
-                    problems.append(f"token-classification labels must be BIO tags ('O', 'B-TYPE', "
-                                    f"'I-TYPE'); {bad} are not")
-                if "O" not in self.labels:
-                    problems.append("token-classification labels must include 'O'")
-                if self.max_length < 16:
-                    problems.append("max_length must be at least 16 for token classification")
-            if self.kind == "extractive-qa":
-                if len(self.text_fields) != 2:
-                    problems.append(f"extractive-qa needs text_fields [question, context], got "
-                                    f"{self.text_fields!r}")
-                if not 0 < self.doc_stride < self.max_length // 2:
-                    problems.append(f"doc_stride {self.doc_stride} must be positive and under half "
-                                    f"of max_length {self.max_length}")
-                if self.max_answer_length < 1 or self.dev_articles < 1:
-                    problems.append("max_answer_length and dev_articles must be at least 1")
-            if self.kind not in ("regression", "extractive-qa") and \
-                    len(self.labels) < (2 if self.kind != "multi-label" else 1):
+            if kind.labelled and len(self.labels) < kind.min_labels:
                 problems.append(f"a {self.kind} task needs `labels` (got {self.labels!r})")
             if len(set(self.labels)) != len(self.labels):
                 problems.append(f"labels repeat: {self.labels!r}")
+            if self.max_length < 8:
+                problems.append(f"max_length must be an integer >= 8, got {self.max_length!r}")
+            else:
+                problems += kind.check(self)
             if self.metric is None:
-                self.metric = METRICS[self.kind][0]
-            elif self.metric not in METRICS[self.kind]:
+                self.metric = kind.metrics[0]
+            elif self.metric not in kind.metrics:
                 problems.append(f"metric {self.metric!r} does not fit {self.kind}; use one of "
-                                f"{list(METRICS[self.kind])}")
+                                f"{list(kind.metrics)}")
+            if self.class_weights is not None and self.class_weights != "none" \
+                    and not kind.class_weighted:
+                problems.append(f"class_weights apply to classification and multi-label tasks, "
+                                f"not {self.kind}; remove class_weights")
         if self.class_weights == "none":
             self.class_weights = None
-        problems += _class_weight_problems(self.kind, self.labels, self.class_weights)
+        problems += _class_weight_problems(self.labels, self.class_weights)
         if not (1 <= len(self.text_fields) <= 2):
             problems.append(f"text_fields must name one or two columns, got {self.text_fields!r}")
         bad_map = sorted(set(self.label_map.values()) - set(self.labels))
@@ -180,7 +157,7 @@ class TaskSpec:
             problems.append(f"format {self.format!r} is not one of {list(FORMATS)}")
         if not 0 < self.dev_fraction < 1:
             problems.append(f"dev_fraction {self.dev_fraction} must be between 0 and 1")
-        for f, lo in (("rank", 1), ("lora_alpha", 1), ("batch_size", 1), ("max_length", 8)):
+        for f, lo in (("rank", 1), ("lora_alpha", 1), ("batch_size", 1)):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < lo:
                 problems.append(f"{f} must be an integer >= {lo}, got {getattr(self, f)!r}")
         if not (self.epochs > 0 and self.learning_rate > 0):
@@ -192,9 +169,7 @@ class TaskSpec:
 
     @property
     def num_outputs(self) -> int:
-        if self.kind == "regression":
-            return 1
-        return 2 if self.kind == "extractive-qa" else len(self.labels)
+        return kind_of(self).num_outputs(self)
 
     @property
     def is_pair(self) -> bool:
@@ -203,7 +178,7 @@ class TaskSpec:
     @property
     def is_sequence(self) -> bool:
         """One output per input (the classification kinds), read from the first token."""
-        return self.kind in SEQUENCE_KINDS
+        return not kind_of(self).per_token
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,12 +260,9 @@ def _type_problems(spec: TaskSpec) -> list[str]:
     return out
 
 
-def _class_weight_problems(kind: str, labels: list[str], value) -> list[str]:
+def _class_weight_problems(labels: list[str], value) -> list[str]:
     if value is None:
         return []
-    if kind not in ("classification", "multi-label"):
-        return [f"class_weights apply to classification and multi-label tasks, not {kind}; "
-                "remove class_weights"]
     if isinstance(value, str):
         return [] if value == "balanced" else [
             f"class_weights {value!r} must be \"balanced\", \"none\" or a table label -> weight"]

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from . import heads
-from .backbones import DEFAULT_BACKBONE, HEAD_DENSE, Backbone, fingerprint, head_module, target_modules
+from . import encoder
+from .backbones import DEFAULT_BACKBONE, Backbone
 from .data import collate, length_grouped_batches
 from .distributed import Processes
 from .errors import TrainingError, TrainingInterrupted
 from .fsutil import atomic_directory
-from .kinds import Kind, kind_of
+from .kinds import DEFAULT_KIND, Kind, kind_of
 from .metrics import QualityWarning, quality_warnings
 from .plots import confusion_png, curves_png
 from .store import WEIGHTS, save_adapter
@@ -114,28 +114,9 @@ class TrainResult:
                 "report": self.report, "warnings": self.warnings}
 
 
-def lora_config(arch: str, num_outputs: int, cfg: dict, kind: str = "classification"):
-    """The peft LoraConfig for one of the two head designs (see TrainConfig.head)."""
-    from peft import LoraConfig, TaskType
-
-    targets = target_modules(arch, cfg["targets"], cfg["head"], kind)
-    out = head_module(kind)
-    common = {"r": cfg["rank"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
-              "target_modules": targets}
-    if cfg["head"] == "lora" and kind not in ("token-classification", "extractive-qa"):
-        # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its suffix
-        # match also catches DistilBERT's pre_classifier, saving a dim x dim matrix per adapter.
-        # The classifier is a LoRA over a zero base instead; its rank must reach the label count.
-        rank_pattern = {out: num_outputs} if num_outputs > cfg["rank"] else {}
-        return LoraConfig(**common, rank_pattern=rank_pattern,
-                          alpha_pattern={out: 2 * num_outputs} if rank_pattern else {})
-    if kind in ("token-classification", "extractive-qa"):
-        # The output layer is small (labels x dim) and saved whole: see `target_modules`.
-        types = {"token-classification": TaskType.TOKEN_CLS, "extractive-qa": TaskType.QUESTION_ANS}
-        return LoraConfig(**common, task_type=types[kind] if cfg["head"] == "full" else None,
-                          modules_to_save=[out])
-    extra = [HEAD_DENSE[arch]] if arch == "albert" else []  # DistilBERT's is caught by "classifier"
-    return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[out, *extra])
+def lora_config(arch: str, num_outputs: int, cfg: dict, kind: str | Kind = DEFAULT_KIND):
+    """The peft LoraConfig for one of the two head designs (see TrainConfig.head): the kind's."""
+    return (kind if isinstance(kind, Kind) else kind_of(kind)).lora_config(arch, num_outputs, cfg)
 
 
 def _autocast(precision: str):
@@ -190,7 +171,7 @@ def predict_outputs(model: torch.nn.Module, kind: Kind, ids: list[list[int]], pa
         idx = order[s : s + batch_size]
         input_ids, mask = collate([ids[i] for i in idx], pad_id)
         arch = model.config.model_type
-        logits = kind.outputs(model(**heads.model_inputs(arch, input_ids, mask, sep_id)))
+        logits = kind.outputs(model(**encoder.model_inputs(arch, input_ids, mask, sep_id)))
         for row, i in enumerate(idx):
             out[i] = logits[row, : len(ids[i])] if kind.per_token else logits[row]
     model.train(was_training)
@@ -200,7 +181,7 @@ def predict_outputs(model: torch.nn.Module, kind: Kind, ids: list[list[int]], pa
 def predict_logits(model: torch.nn.Module, ids: list[list[int]], pad_id: int,
                    batch_size: int = 128) -> torch.Tensor:
     """Raw outputs [n, n_outputs] of a sequence-kind model, in input order."""
-    return torch.stack(predict_outputs(model, kind_of("classification"), ids, pad_id, batch_size))
+    return torch.stack(predict_outputs(model, kind_of(DEFAULT_KIND), ids, pad_id, batch_size))
 
 
 BEST = "best.safetensors"
@@ -309,12 +290,12 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         tokenizer = backbone.tokenizer()
         train_split, dev_split = kind.splits(spec, seed=config.seed,
                                              max_train=config.max_train_examples)
-        model = backbone.load_model(spec.num_outputs, heads.PROBLEM_TYPE.get(spec.kind), spec.kind)
-    base_fp = fingerprint(model) if spec.is_sequence else backbone.fingerprint()
+        model = kind.load_model(backbone, spec.num_outputs)
+    base_fp = kind.base_fingerprint(backbone, model)
     # Seeded again: building a base's head folder the first time draws random numbers, and the
     # LoRA init must not depend on whether that cache was warm (nor on which process built it).
     _seed_everything(config.seed)
-    lora = lora_config(backbone.arch, spec.num_outputs, cfg, spec.kind)
+    lora = kind.lora_config(backbone.arch, spec.num_outputs, cfg)
     with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(model, lora)
@@ -333,8 +314,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     train_feats = kind.featurize(spec, tokenizer, train_split, training=True)
     dev_feats = kind.featurize(spec, tokenizer, dev_split)
     train_ids, dev_ids = train_feats.ids, dev_feats.ids
-    loss_weight = None if spec.class_weights is None else heads.class_weights(
-        spec.kind, spec.labels, spec.class_weights, train_split.targets)  # [n_labels]
+    loss_weight = kind.loss_weights(spec, train_split)  # [n_labels] or None
     weights_used = None if loss_weight is None else dict(zip(spec.labels, loss_weight.tolist()))
     emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
     lengths = [len(x) for x in train_ids]
@@ -403,7 +383,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
             rows, weight = procs.share(batch)
             input_ids, mask = collate([train_ids[i] for i in rows], pad)
             with autocast():
-                logits = kind.outputs(stepper(**heads.model_inputs(backbone.arch, input_ids, mask, sep)))
+                logits = kind.outputs(stepper(**encoder.model_inputs(backbone.arch, input_ids, mask, sep)))
             loss = kind.loss(logits.float(), kind.batch_targets(train_feats, rows, input_ids.shape[1]),
                              loss_weight)
             if weight != 1.0:

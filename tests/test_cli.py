@@ -120,9 +120,10 @@ def test_train_json_progress_and_eval_baseline_on_a_file(tiny_distilbert, tmp_pa
     # the baseline is trained on the task's train split: the same figures as computing it here
     from adapters_kit import TaskSpec
     from adapters_kit.data import load_eval_split, load_splits
-    from adapters_kit.metrics import tfidf_baseline
+    from adapters_kit.kinds import kind_of
 
     spec = TaskSpec.from_dict({k: v for k, v in json.loads((out / "task.json").read_text())["task"]
                                .items() if k != "source"})
-    expected = tfidf_baseline(spec, load_splits(spec)[0], load_eval_split(spec, str(tmp_path / "other.tsv")))
+    expected = kind_of(spec).baseline(spec, load_splits(spec)[0],
+                                      load_eval_split(spec, str(tmp_path / "other.tsv")))
     assert scored["baseline"] == pytest.approx(expected)

@@ -26,7 +26,7 @@ def test_albert_token_types_are_built_as_its_tokenizer_builds_them(tiny_albert):
     from transformers import AutoTokenizer
 
     from adapters_kit.data import collate
-    from adapters_kit.heads import model_inputs
+    from adapters_kit.encoder import model_inputs
 
     tok = AutoTokenizer.from_pretrained(tiny_albert)
     rows = [("the film", "was great lovely"), ("a plot was dull", "music")]

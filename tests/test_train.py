@@ -83,7 +83,7 @@ def test_the_saved_adapter_is_the_best_evaluation(tiny_distilbert, sentiment_tas
     """Best-checkpoint selection: the file holds the best dev state, and reproduces its score."""
     from adapters_kit import MultiTaskModel
     from adapters_kit.data import load_splits
-    from adapters_kit.metrics import score
+    from adapters_kit.kinds import get_kind
 
     r = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=6, evals_per_epoch=2,
                                                     patience=100, learning_rate=5e-2))
@@ -95,7 +95,7 @@ def test_the_saved_adapter_is_the_best_evaluation(tiny_distilbert, sentiment_tas
     model = MultiTaskModel(tiny_distilbert)
     model.load(r.path)
     logits = model.logits("tiny_sentiment", dev.texts[0])
-    assert score("classification", dev.targets, logits) == pytest.approx(r.metrics, abs=1e-9)
+    assert get_kind("classification").score(dev.targets, logits) == pytest.approx(r.metrics, abs=1e-9)
 
 
 def test_resume_after_a_non_improving_evaluation_keeps_the_best_weights(tiny_distilbert,

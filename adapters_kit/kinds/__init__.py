@@ -1,6 +1,6 @@
 """Task kinds: how each kind reads its data, builds model inputs, trains, scores and answers.
 
-    kind = kind_of(spec)
+    kind = kind_of(spec)                     # or get_kind("classification"); register_kind(...)
     train, dev = kind.splits(spec, seed=0)
     feats = kind.featurize(spec, tokenizer, train)
     loss = kind.loss(kind.outputs(model(...)), kind.batch_targets(feats, rows, width))
@@ -12,12 +12,15 @@ start and an end score per word piece, over one or more windows of a long contex
 
 from __future__ import annotations
 
+import importlib
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..backbones import HEAD_OUT
 from ..errors import DataError, shown  # noqa: F401 (the kinds' messages use it)
 
 
@@ -43,11 +46,68 @@ class Row:
 
 
 class Kind:
-    """The interface every task kind implements (see the module docstring)."""
+    """Everything that differs by task kind; one subclass per kind, registered by name.
+
+    Nothing outside the kind modules branches on a kind's name: the card's defaults and checks,
+    the transformers class and output layer, the LoRA head policy, loss, metrics and baseline,
+    data reading and featurising, the serving input form, encode and decode all live here.
+    """
 
     name: str = ""
     per_token: bool = False
     """True when outputs are per word piece ([T, n]) rather than per input ([n])."""
+    head: str = HEAD_OUT
+    """The output layer the task owns (and its adapter saves)."""
+    auto_class: str = "AutoModelForSequenceClassification"
+    """The transformers class the kind is trained and served with."""
+    problem_type: str | None = None
+    """transformers' `problem_type` for the sequence heads."""
+    metrics: tuple[str, ...] = ()
+    """Metric names; the first is the default for early stopping and the best checkpoint."""
+    text_fields: tuple[str, ...] = ("text",)
+    """Default text columns of a card of this kind."""
+    label_field: str = "label"
+    max_length: int = 128
+    """Default word pieces per input."""
+    labelled: bool = True
+    """Whether a card names `labels` (regression and QA do not)."""
+    min_labels: int = 2
+    class_weighted: bool = False
+    """Whether `class_weights` apply (the classification kinds)."""
+    input_form: str = "a text"
+    """How one serving input looks, in words (GET /v1/tasks, OpenAPI, error messages)."""
+
+    # -- the card ---------------------------------------------------------------------------
+
+    def check(self, spec) -> list[str]:
+        """Problems of a card that only this kind knows of (beyond its labels' count)."""
+        return []
+
+    def num_outputs(self, spec) -> int:
+        return len(spec.labels)
+
+    def output_names(self, spec) -> list[str]:
+        """A name per output (the merged model's id2label)."""
+        return list(spec.labels)
+
+    def describe_input(self, spec) -> str:
+        return self.input_form
+
+    # -- the model --------------------------------------------------------------------------
+
+    def lora_config(self, arch: str, num_outputs: int, cfg: dict):
+        """The peft LoraConfig for one of the two head designs (see TrainConfig.head)."""
+        raise NotImplementedError
+
+    def load_model(self, backbone, num_outputs: int):
+        """The base with this kind's transformers head, as plain peft users load it."""
+        return backbone.load_model(num_outputs, self.problem_type, self.auto_class, self.head)
+
+    def base_fingerprint(self, backbone, model) -> str:
+        """The fingerprint an adapter of this kind records (see backbones.fingerprint)."""
+        return backbone.fingerprint()
+
+    # -- data and training --------------------------------------------------------------------
 
     def read(self, spec, location: str):
         """One file (or hub split) of this kind's data, checked."""
@@ -76,30 +136,118 @@ class Kind:
     def outputs(self, model_output) -> torch.Tensor:
         return model_output.logits
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The training loss; `weight` [n_labels] only for kinds that take class weights."""
+    def loss_weights(self, spec, train_split) -> torch.Tensor | None:
+        """Per-label loss weights [n_labels] for the card's `class_weights`, or None."""
+        return None
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, weight=None) -> torch.Tensor:
         raise NotImplementedError
 
     def evaluate(self, spec, split, feats: Features, outputs: list[torch.Tensor]) -> dict:
         raise NotImplementedError
 
     def report(self, spec, split, feats: Features, outputs: list[torch.Tensor]) -> dict:
-        """Per-class scores and a confusion matrix where the kind has classes (else {})."""
+        """Per-class scores and a confusion matrix, where the kind has classes to count."""
         return {}
 
     def label_counts(self, spec, split) -> dict[str, int]:
-        """Rows per label in a split, for the never-predicted warning (else {})."""
         return {}
 
     def baseline(self, spec, train, dev) -> dict:
         return {}
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def coerce(self, spec, item):
+        """A JSON input in the engine's terms, or a DataError naming the form expected."""
+        if not isinstance(item, str):
+            raise DataError(f"this task takes {self.describe_input(spec)} per input")
+        return item
 
     def encode(self, spec, tokenizer, item) -> list[Row]:
         raise NotImplementedError
 
     def decode(self, spec, rows: list[Row], outputs: list[torch.Tensor], item) -> dict:
         raise NotImplementedError
+
+
+class WholeHeadKind(Kind):
+    """A kind whose output layer (labels x dim, a few KB) is trained and saved whole, bias
+    included, over every word piece: no head dense layer. A bias-free low-rank output layer
+    cannot learn the strong prior of NER's `O` tag, and training stalls."""
+
+    per_token = True
+    peft_task_type: str = ""
+
+    def lora_config(self, arch, num_outputs, cfg):
+        from peft import LoraConfig, TaskType
+
+        from ..backbones import target_modules
+
+        return LoraConfig(r=cfg["rank"], lora_alpha=cfg["lora_alpha"],
+                          lora_dropout=cfg["lora_dropout"],
+                          target_modules=target_modules(arch, cfg["targets"], cfg["head"], pooled=False),
+                          task_type=getattr(TaskType, self.peft_task_type) if cfg["head"] == "full"
+                          else None, modules_to_save=[self.head])
+
+
+# The one table of kind names: the built-in kinds, imported on first use (a kind module needs
+# torch and its data readers); `register_kind` adds others.
+_BUILTIN = {"classification": "classification:ClassificationKind",
+            "multi-label": "multi_label:MultiLabelKind",
+            "regression": "regression:RegressionKind",
+            "token-classification": "tokens:TokenKind",
+            "extractive-qa": "spans:SpanKind"}
+DEFAULT_KIND = "classification"
+_KINDS: dict[str, Kind] = {}
+_KIND_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+
+
+def kind_names() -> list[str]:
+    return sorted({*_BUILTIN, *_KINDS})
+
+
+def register_kind(kind: Kind, *, replace: bool = False) -> Kind:
+    """Add a task kind: `register_kind(MyKind())`; its `name` is what cards give as `kind`."""
+    from ..errors import TaskError
+
+    if not isinstance(kind, Kind):
+        raise TaskError(f"register_kind takes a Kind instance, got {type(kind).__name__}; subclass "
+                        "adapters_kit.kinds.Kind")
+    if not isinstance(kind.name, str) or not _KIND_NAME.match(kind.name):
+        raise TaskError(f"kind name {kind.name!r} must be lower-case letters, digits and '-', "
+                        "starting with a letter (e.g. 'ordinal')")
+    if (kind.name in _BUILTIN or kind.name in _KINDS) and not replace:
+        raise TaskError(f"kind {kind.name!r} is already registered; pick another name or pass "
+                        "replace=True")
+    if not kind.metrics:
+        raise TaskError(f"kind {kind.name!r} names no metrics; set `metrics` (the first is the "
+                        "default for early stopping)")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> Kind | None:
+    """The registered kind called `name`, or None."""
+    if name in _KINDS:
+        return _KINDS[name]
+    if not isinstance(name, str) or name not in _BUILTIN:
+        return None
+    module, cls = _BUILTIN[name].split(":")
+    kind = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    _KINDS[name] = kind
+    return kind
+
+
+def kind_of(spec_or_kind) -> Kind:
+    """The `Kind` for a TaskSpec (or a kind name)."""
+    name = spec_or_kind if isinstance(spec_or_kind, str) else spec_or_kind.kind
+    kind = get_kind(name)
+    if kind is None:
+        from ..errors import TaskError
+
+        raise TaskError(f"unknown kind {name!r}; registered kinds: {kind_names()}")
+    return kind
 
 
 def require_train(spec) -> str:
@@ -114,17 +262,3 @@ def seeded_order(n: int, seed: int) -> list[int]:
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return order
-
-
-def kind_of(spec_or_kind) -> Kind:
-    """The `Kind` for a TaskSpec (or a kind name)."""
-    from .sequence import SequenceKind
-    from .spans import SpanKind
-    from .tokens import TokenKind
-
-    name = spec_or_kind if isinstance(spec_or_kind, str) else spec_or_kind.kind
-    if name == "token-classification":
-        return TokenKind()
-    if name == "extractive-qa":
-        return SpanKind()
-    return SequenceKind(name)

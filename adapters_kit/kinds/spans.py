@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..backbones import SPAN_OUT
 from ..data import read_table, refuse_directory
 from ..errors import DataError, DataWarning
-from . import Features, Kind, Row, require_train, seeded_order, shown
+from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 from .squad_eval import squad_scores
 
 SPLIT_SEED = 0  # the article split is a property of the task, not of a training run
@@ -161,9 +162,41 @@ def best_span(outputs: list[torch.Tensor], metas: list[dict], max_answer_length:
     return best
 
 
-class SpanKind(Kind):
+class SpanKind(WholeHeadKind):
     name = "extractive-qa"
-    per_token = True
+    head = SPAN_OUT
+    auto_class = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+    metrics = ("f1", "exact_match")
+    text_fields = ("question", "context")
+    label_field = "answers"
+    max_length = 384  # contexts are long: the usual SQuAD window
+    labelled = False
+    input_form = '{"question": ..., "context": ...} or [question, context]'
+
+    def num_outputs(self, spec):
+        return 2
+
+    def output_names(self, spec):
+        return ["start", "end"]
+
+    def check(self, spec):
+        out = []
+        if len(spec.text_fields) != 2:
+            out.append(f"extractive-qa needs text_fields [question, context], got {spec.text_fields!r}")
+        if not 0 < spec.doc_stride < spec.max_length // 2:
+            out.append(f"doc_stride {spec.doc_stride} must be positive and under half of "
+                       f"max_length {spec.max_length}")
+        if spec.max_answer_length < 1 or spec.dev_articles < 1:
+            out.append("max_answer_length and dev_articles must be at least 1")
+        return out
+
+    def coerce(self, spec, item):
+        if isinstance(item, dict):
+            return item
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            return tuple(item)
+        raise DataError(f"this task (extractive-qa) takes {self.input_form} per input")
 
     def read(self, spec, location):
         return read_qa_split(spec, location)

@@ -11,6 +11,7 @@ it in its default (conlleval) mode.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,12 @@ import torch.nn.functional as F
 
 from ..data import check_encoding, read_table, refuse_directory, row_list
 from ..errors import DataError
-from . import Features, Kind, Row, require_train, seeded_order, shown
+from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 
 IGNORE = -100
+
+
+_BIO = re.compile(r"^(O|[BI]-\S+)$")
 
 
 @dataclass
@@ -148,9 +152,31 @@ def entities(tags: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
-class TokenKind(Kind):
+class TokenKind(WholeHeadKind):
     name = "token-classification"
-    per_token = True
+    auto_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    metrics = ("f1", "precision", "recall")
+    text_fields = ("tokens",)
+    label_field = "tags"
+    input_form = "a text, or a list of words"
+
+    def check(self, spec):
+        out = []
+        bad = [x for x in spec.labels if not _BIO.match(str(x))]
+        if bad:
+            out.append(f"token-classification labels must be BIO tags ('O', 'B-TYPE', 'I-TYPE'); "
+                       f"{bad} are not")
+        if "O" not in spec.labels:
+            out.append("token-classification labels must include 'O'")
+        if spec.max_length < 16:
+            out.append("max_length must be at least 16 for token classification")
+        return out
+
+    def coerce(self, spec, item):
+        if isinstance(item, dict):
+            raise DataError(f"this task does not take an object input; send {self.input_form}")
+        return item  # a text, or a list of words
 
     def read(self, spec, location):
         return read_token_split(spec, location)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..adapter_meta import task_problems
 from ..cache import AdapterCache
+from ..kinds import kind_of
 from ..runtime import MultiTaskModel
 from ..store import AdapterStore
 from ..tasks import SERVED_NAME_RULE, is_served_name
@@ -52,8 +53,6 @@ from .tenants import Tenant, Tenants
 
 log = logging.getLogger("adapters_kit.server")
 
-_INPUT_FORM = {"token-classification": "a text, or a list of words",
-               "extractive-qa": '{"question": ..., "context": ...} or [question, context]'}
 ENGINE_FAILED_EXIT = 70  # EX_SOFTWARE: `serve` exits with it if the engine thread dies
 _ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404, 413, 422, 429, 503, 504)}
 
@@ -161,8 +160,8 @@ class Server:
             return None
         if spec is None or problems:
             return None
-        form = _INPUT_FORM.get(spec.kind, "[text_a, text_b]" if spec.is_pair else "a text")
-        return TaskInfo(name=name, kind=spec.kind, labels=list(spec.labels), input=form)
+        return TaskInfo(name=name, kind=spec.kind, labels=list(spec.labels),
+                        input=kind_of(spec).describe_input(spec))
 
 
 def served_headers(served_by: str, warm: bool) -> dict[str, str]:

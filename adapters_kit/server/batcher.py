@@ -69,32 +69,7 @@ class _Prepared:
 
 def coerce_input(task: ResidentTask, item) -> object:
     """A JSON input in the engine's terms for this task's kind, or a DataError naming the fix."""
-    spec = task.spec
-    if spec.kind == "extractive-qa":
-        if isinstance(item, dict):
-            return item
-        if isinstance(item, list) and len(item) == 2:
-            return tuple(item)
-        raise DataError("this task (extractive-qa) takes {\"question\": ..., \"context\": ...} or "
-                        "[question, context] per input")
-    if isinstance(item, dict):
-        raise DataError(f"this task ({spec.kind}) does not take an object input; send "
-                        + _expected(task))
-    if spec.kind == "token-classification":
-        return item  # a text, or a list of words
-    if spec.is_pair:
-        if isinstance(item, list) and len(item) == 2:
-            return tuple(item)
-        raise DataError("this task takes a pair of texts per input: send [text_a, text_b]")
-    if not isinstance(item, str):
-        raise DataError("this task takes one text per input: send a string")
-    return item
-
-
-def _expected(task: ResidentTask) -> str:
-    if task.spec.kind == "token-classification":
-        return "a text or a list of words"
-    return "[text_a, text_b]" if task.spec.is_pair else "a text"
+    return task.impl.coerce(task.spec, item)
 
 
 def _settle(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
