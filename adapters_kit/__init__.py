@@ -5,7 +5,16 @@ from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
 from .engine.cache import AdapterCache
 from .engine.model import MultiTaskModel
-from .errors import AdapterFileError, AdaptersKitError, BackboneError, DataError, TaskError
+from .errors import (
+    AdapterFileError,
+    AdaptersKitError,
+    BackboneError,
+    DataError,
+    TaskError,
+    TrainingError,
+    TrainingInterrupted,
+    UnknownTaskError,
+)
 from .tasks import TaskSpec, get_task, list_tasks, load_card, register_task
 from .training.loop import TrainConfig, TrainResult, train
 
@@ -24,6 +33,9 @@ __all__ = [
     "TaskSpec",
     "TrainConfig",
     "TrainResult",
+    "TrainingError",
+    "TrainingInterrupted",
+    "UnknownTaskError",
     "get_task",
     "list_tasks",
     "load_card",

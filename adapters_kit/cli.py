@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import AdaptersKitError
+from .errors import AdaptersKitError, TrainingInterrupted
 from .kinds.quality import QualityWarning
 
 
@@ -215,9 +215,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"adapters-kit: error: the server needs its extra ({e.name} is missing): "
               'pip install "adapters-kit[serve]"', file=sys.stderr)
         return 2
-    limits = {k: getattr(args, k) for k in _SERVE_LIMITS if getattr(args, k) is not None}
-    config = ServeConfig(store=Path(args.store), backbone=args.backbone, keys=args.keys,
-                         host=args.host, port=args.port, precision=args.precision, **limits)
+    # flags win over ADAPTERS_KIT_* variables, which win over the defaults
+    flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
+                                           *_SERVE_LIMITS)}
+    config = ServeConfig.from_env(**flags)
     if not args.ray:
         if args.replicas is not None or args.ray_address:
             raise AdaptersKitError("--replicas and --ray-address need --ray; add --ray to serve "
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train small LoRA task adapters for DistilBERT or ALBERT and serve many on one base."))
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("tasks", help="list the registered tasks (cards in tasks/)")
+    p = sub.add_parser("tasks", help="list the registered tasks (bundled cards, ADAPTERS_KIT_TASKS)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks)
 
@@ -329,18 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("serve", help="serve every adapter in a store over HTTP (see README)")
-    p.add_argument("--store", required=True, help="folder of adapter directories, one per task")
-    p.add_argument("--backbone", default="embedded-distilbert",
+    p = sub.add_parser("serve", help="serve every adapter in a store over HTTP (see README); "
+                       "every setting may also come from ADAPTERS_KIT_<SETTING>, under the flags")
+    p.add_argument("--store", help="folder of adapter directories, one per task "
+                   "(or ADAPTERS_KIT_STORE)")
+    p.add_argument("--backbone",
                    help="the base the adapters were trained on (default embedded-distilbert)")
     p.add_argument("--keys", help="TOML keys file: tenants, their keys and tasks, the admin key; "
                    "without it the server binds loopback only")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
     for field, kind in _SERVE_LIMITS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
                        help="see the README, section HTTP server, for the default")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="engine matmul precision: fp32 (default, exact) or bf16 (faster on "
                    "CPUs with bf16 units)")
     p.add_argument("--ray", action="store_true",
@@ -382,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (AdaptersKitError, FileExistsError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return _fail(as_json, 2, type(e).__name__, msg)
+    except TrainingInterrupted as e:
+        return _fail(as_json, 130, "Interrupted", f"{e}; `train` resumes from its last checkpoint "
+                     "if run again")
+    except (AdaptersKitError, FileExistsError) as e:  # a user's mistake; any other error is a bug
+        return _fail(as_json, 2, type(e).__name__, str(e))
     except KeyboardInterrupt:
         return _fail(as_json, 130, "Interrupted", "interrupted; `train` resumes from its last "
                      "checkpoint if run again")

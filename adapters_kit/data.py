@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from ._quiet import quiet_datasets
 from .errors import DataError
-from .tasks import TaskSpec
+from .tasks import SHARED, TaskSpec
 
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
                   ".json": "jsonl", ".parquet": "parquet"}
@@ -54,7 +55,12 @@ def row_list(rows: list[int], limit: int = 20, unit: str = "row") -> str:
 
 
 def refuse_directory(path: Path) -> None:
-    """A directory where a data file belongs: say so, and name what it holds."""
+    """A directory where a data file belongs: say so, and name what it holds. A card's
+    `{shared}` path that stayed unresolved (no shared data folder is known): say what to set."""
+    if str(path).startswith(SHARED):
+        raise DataError(f"{path} is in the shared data folder, and none is known here (an installed "
+                        "package has no checkout beside it); set ADAPTERS_KIT_SHARED_DATA to the "
+                        "folder holding it, or pass --data PATH")
     if not path.is_dir():
         return
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
@@ -127,11 +133,11 @@ def check_encoding(path: Path, encoding: str) -> int:
     return lines
 
 
+@quiet_datasets()
 def read_table(spec: TaskSpec, location: str, split: str = "train"):
     """Load one file (or hub dataset split) as a `datasets.Dataset`."""
     import datasets
 
-    datasets.disable_progress_bars()
     if spec.format != "hub":
         refuse_directory(Path(location))
     fmt = _format_of(spec, location)

@@ -1,5 +1,9 @@
 """Errors raised at the package's edges. Each message names the bad value and the fix."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class AdaptersKitError(Exception):
     """Base class: every error this package raises on purpose."""
@@ -19,6 +23,30 @@ class BackboneError(AdaptersKitError, ValueError):
 
 class AdapterFileError(AdaptersKitError, ValueError):
     """An adapter directory is corrupt, foreign, or unsafe; nothing was loaded from it."""
+
+
+class UnknownTaskError(AdaptersKitError, KeyError):
+    """A task name that is not loaded in the engine (a KeyError too, as a missing key is)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingError(AdaptersKitError, RuntimeError):
+    """Training cannot run as set up (e.g. base weights would get gradients)."""
+
+
+class TrainingInterrupted(AdaptersKitError):
+    """Training stopped on request (`train(stop_after_step=...)`) before the adapter was written.
+
+    `checkpoint` holds the last checkpoint (None if none was written yet); training the same
+    task into the same `out_dir` again resumes from it.
+    """
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 class DataWarning(UserWarning):

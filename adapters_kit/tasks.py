@@ -1,4 +1,4 @@
-"""Task specs, the task registry, and task cards (TOML files in `tasks/`)."""
+"""Task specs, the task registry, task cards (TOML files), and the rules for task names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 
 from .errors import TaskError, shown
@@ -19,7 +20,26 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub", "conll", "squad")
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# Two name rules, both owned here. A *task name* (`TaskSpec.name`: cards, the registry, the
+# `task.json` of an adapter) is a lower-case identifier. A *served name* is what the store and
+# the server call an adapter: its store folder's name, chosen by whoever installs it (`PUT
+# /v1/admin/adapters/{name}`), so it may say whose it is (`Customer.Sentiment`, `acme-v2`). It
+# only has to be a safe single directory name: no separators, no hidden files, no `..`. Every
+# task name is a served name, so `train ... --out store/TASK` always gives a servable folder.
+TASK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+TASK_NAME_RULE = "lower-case letters, digits, '_' or '-', starting with a letter (e.g. 'customer_intent')"
+SERVED_NAME_RULE = "letters, digits, '_', '-', '.', starting with a letter or digit, at most 128"
+
+
+def is_task_name(name: object) -> bool:
+    """Whether `name` may name a `TaskSpec` (see TASK_NAME_RULE)."""
+    return isinstance(name, str) and TASK_NAME.fullmatch(name) is not None
+
+
+def is_served_name(name: object) -> bool:
+    """Whether `name` may name an adapter in a store or on the server (see SERVED_NAME_RULE)."""
+    return isinstance(name, str) and SERVED_NAME.fullmatch(name) is not None and ".." not in name
 
 
 @dataclass
@@ -103,11 +123,8 @@ class TaskSpec:
             self.label_field = defaults.label_field
         if self.max_length is None:
             self.max_length = defaults.max_length
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            problems.append(
-                f"name {self.name!r} must be lower-case letters, digits, '_' or '-', starting "
-                "with a letter (e.g. 'customer_intent')"
-            )
+        if not is_task_name(self.name):
+            problems.append(f"name {self.name!r} must be {TASK_NAME_RULE}")
         if kind is not None:
             if not kind.labelled and self.labels:
                 problems.append(f"a {self.kind} task has no labels; remove `labels`")
@@ -266,14 +283,28 @@ _REGISTRY: dict[str, TaskSpec] = {}
 _CARDS_LOADED: set[Path] = set()
 
 
-def shared_data_dir() -> Path:
-    """`ADAPTERS_KIT_SHARED_DATA`, else `../shared/data` beside the project checkout."""
+SHARED = "{shared}"
+"""Prefix of a card's data path in the shared data folder (see `shared_data_dir`)."""
+
+
+def shared_data_dir() -> Path | None:
+    """`ADAPTERS_KIT_SHARED_DATA`, else `../shared/data` beside the project checkout; None in an
+    installed package without that variable (it has no checkout to sit beside)."""
     env = os.environ.get("ADAPTERS_KIT_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout.parent / "shared" / "data" if (checkout / "pyproject.toml").is_file() else None
+
+
+def bundled_cards_dir() -> Path:
+    """The cards that ship with the package (package data: `adapters_kit/cards/`)."""
+    return Path(str(resources.files(__package__).joinpath("cards")))
 
 
 def cards_dirs() -> list[Path]:
-    dirs = [Path(__file__).resolve().parent.parent / "tasks"]
+    """The bundled cards, then the folders in `ADAPTERS_KIT_TASKS` (`os.pathsep`-separated)."""
+    dirs = [bundled_cards_dir()]
     extra = os.environ.get("ADAPTERS_KIT_TASKS")
     if extra:
         dirs += [Path(p) for p in extra.split(os.pathsep) if p]
@@ -283,8 +314,9 @@ def cards_dirs() -> list[Path]:
 def _expand(value: str | None, card_dir: Path) -> str | None:
     if value is None:
         return None
-    if value.startswith("{shared}"):
-        return str(shared_data_dir()) + value[len("{shared}") :]
+    if value.startswith(SHARED):
+        shared = shared_data_dir()  # unknown: kept as written; reading it says what to set
+        return value if shared is None else str(shared) + value[len(SHARED) :]
     p = Path(value).expanduser()
     return str(p if p.is_absolute() or value.startswith(("hf://",)) else (card_dir / p))
 
@@ -346,7 +378,7 @@ def get_task(name: str) -> TaskSpec:
         return load_card(p)
     known = ", ".join(sorted(_REGISTRY)) or "none"
     raise TaskError(f"unknown task {name!r}; known tasks: {known}. Add one with a TOML card in "
-                    "tasks/ or register_task(...)")
+                    "a folder named by ADAPTERS_KIT_TASKS, or register_task(...)")
 
 
 def list_tasks() -> list[TaskSpec]:

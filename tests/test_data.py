@@ -75,9 +75,13 @@ def test_label_map_formats_and_pairs(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
     train, _ = load_splits(s.with_data(str(tmp_path / "d.parquet")))
     assert set(train.targets.tolist()) <= {0, 1}
+    assert train.targets.tolist() == [int(t.split()[1]) % 2 for t in train.texts[0]]  # "premise i"
+    assert set(train.targets.tolist()) == {0, 1}
     (tmp_path / "d.csv").write_text('a,b,y\n"x, with comma",y,1\nq,r,0\nq2,r2,0\nq3,r3,1\n')
     train, dev = load_splits(s.with_data(str(tmp_path / "d.csv")))
     assert "x, with comma" in train.texts[0] + dev.texts[0]
+    want = {"x, with comma": 1, "q": 0, "q2": 0, "q3": 1}
+    assert [want[t] for t in train.texts[0] + dev.texts[0]] == train.targets.tolist() + dev.targets.tolist()
 
 
 def test_multi_label_and_regression_targets(tmp_path):
@@ -87,6 +91,9 @@ def test_multi_label_and_regression_targets(tmp_path):
                  train=str(tmp_path / "m.tsv"), dev_fraction=0.25)
     train, _ = load_splits(m)
     assert train.targets.shape[1] == 2 and set(train.targets.sum(1).tolist()) <= {0.0, 1.0, 2.0}
+    want = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [0.0, 0.0], "d": [1.0, 0.0]}  # labels x, y
+    assert train.targets.tolist() == [want[t] for t in train.texts[0]]
+    assert set(train.texts[0]) == set(want)
     write_tsv(tmp_path / "r.tsv", ["text", "score"], [("a", "0.5"), ("b", "oops")] * 3)
     r = TaskSpec(name="r", kind="regression", label_field="score", train=str(tmp_path / "r.tsv"),
                  dev_fraction=0.3)

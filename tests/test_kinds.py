@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write_tsv
 
-from adapters_kit import MultiTaskModel, TaskSpec, train
+from adapters_kit import DataError, MultiTaskModel, TaskSpec, train
 
 
 def _plain_peft_seq(path, n):
@@ -128,7 +128,7 @@ def test_sentence_pair_task_trains_and_serves(tiny_backbone, tmp_path):
     # the pair is encoded as a pair, in order: swapping its texts changes the output
     assert not torch.allclose(model.logits("tiny_pairs", [pair]),
                               model.logits("tiny_pairs", [pair[::-1]]))
-    with pytest.raises(Exception, match="empty text"):
+    with pytest.raises(DataError, match="empty text"):
         model.predict("tiny_pairs", [("the film was great", " ")])
-    with pytest.raises(Exception, match="pair of texts"):
+    with pytest.raises(DataError, match="pair of texts"):
         model.predict("tiny_pairs", ["only one text"])

@@ -121,13 +121,9 @@ def running(store: Path, backbone: str, **settings):
 
 @contextlib.contextmanager
 def engine_held(app):
-    """Hold the engine's lock: the engine thread blocks at its next request, others queue."""
-    lock = app.state.server.model._lock
-    lock.acquire()
-    try:
+    """Hold the engine: the engine thread blocks at its next request, others queue."""
+    with app.state.server.model.paused():
         yield
-    finally:
-        lock.release()
 
 
 def metric(text: str, name: str, **labels) -> float:

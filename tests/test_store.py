@@ -33,13 +33,32 @@ def assert_refused(model, path, match):
     assert model.tasks == before
 
 
-def test_save_then_load_gives_the_same_logits(adapter, tiny_distilbert):
+def test_save_then_load_gives_the_same_logits(tiny_distilbert, sentiment_task, tmp_path, monkeypatch):
+    """The trained model's own logits, taken just before it is saved, come back after a load."""
+    import sys
+
+    from transformers import AutoTokenizer
+
+    train_module = sys.modules["adapters_kit.training.loop"]
     texts = ["the film was great lovely", "a plot was dull awful"]
+    tok, save, trained = AutoTokenizer.from_pretrained(tiny_distilbert), train_module.save_adapter, []
+
+    def save_and_record(out_dir, model, *args, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            trained.append(torch.cat([model(**tok(t, return_tensors="pt")).logits for t in texts]))
+        return save(out_dir, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_adapter", save_and_record)
+    adapter = train(sentiment_task, tmp_path / "adapters" / "sent", quick(tiny_distilbert, epochs=1)).path
     a = MultiTaskModel(tiny_distilbert)
     a.load(adapter)
     b = MultiTaskModel(tiny_distilbert)
     b.load(adapter)
     assert torch.equal(a.logits("tiny_sentiment", texts), b.logits("tiny_sentiment", texts))
+    (in_memory,) = trained
+    assert in_memory.abs().max() > 0  # a trained head, not the zero classifier of the base
+    torch.testing.assert_close(a.logits("tiny_sentiment", texts), in_memory, rtol=0, atol=1e-5)
 
 
 def test_wrong_checksum(adapter, tiny_distilbert, tmp_path):

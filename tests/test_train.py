@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import quick
 from safetensors.torch import load_file
 
-from adapters_kit import Backbone, train
+from adapters_kit import Backbone, TrainingError, TrainingInterrupted, train
 from adapters_kit.adapters.store import WEIGHTS
 
 
@@ -49,10 +51,11 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_distilber
     cfg = dict(epochs=2, evals_per_epoch=3, patience=100)
     full = train(sentiment_task, tmp_path / "full" / "x", quick(tiny_distilbert, **cfg))
     out = tmp_path / "resumed" / "x"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=6)
     assert not out.exists()  # no partial adapter
     assert (out.parent / ".checkpoints" / "x" / "progress.json").exists()
+    assert stopped.value.step == 6 and stopped.value.checkpoint == out.parent / ".checkpoints" / "x"
     resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
     assert json.loads((out / "task.json").read_text())["training"]["steps"] == \
         json.loads((full.path / "task.json").read_text())["training"]["steps"]
@@ -105,7 +108,7 @@ def test_resume_after_a_non_improving_evaluation_keeps_the_best_weights(tiny_dis
     later = [s for s in steps if s > best]
     assert len(later) >= 2, f"no non-improving evaluation after the best one: {full.history}"
     out = tmp_path / "resumed" / "x"
-    with pytest.raises(KeyboardInterrupt):  # after a non-improving evaluation, not at the end
+    with pytest.raises(TrainingInterrupted):  # after a non-improving evaluation, not at the end
         train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=later[0])
     resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
     meta_full = json.loads((full.path / "task.json").read_text())
@@ -116,3 +119,37 @@ def test_resume_after_a_non_improving_evaluation_keeps_the_best_weights(tiny_dis
     assert ta.keys() == tb.keys()
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6)
+
+
+def test_base_weights_that_would_train_are_refused_even_under_python_O():
+    """The check is a real one: an `assert` would vanish under `python -O`."""
+    from adapters_kit.training.loop import _trainable
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(TrainingError, match="base weights would be trained"):
+        _trainable(model)
+    code = ("import torch\nfrom adapters_kit.errors import TrainingError\n"
+            "from adapters_kit.training.loop import _trainable\n"
+            "try:\n    _trainable(torch.nn.Linear(2, 2))\nexcept TrainingError as e:\n"
+            "    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "refused: base weights would be trained: ['weight', 'bias']" in out.stdout
+
+
+def test_stop_after_step_is_an_error_a_library_user_can_catch(tiny_distilbert, sentiment_task,
+                                                              tmp_path):
+    from adapters_kit import AdaptersKitError
+
+    out = tmp_path / "stopped" / "x"
+    try:
+        train(sentiment_task, out, quick(tiny_distilbert, epochs=1, evals_per_epoch=2),
+              stop_after_step=1)
+    except AdaptersKitError as e:  # not a KeyboardInterrupt: `except Exception` handles it
+        assert isinstance(e, TrainingInterrupted) and e.step == 1
+        assert e.checkpoint is None or (e.checkpoint / "progress.json").exists()
+        assert "resume" in str(e)
+    else:
+        raise AssertionError("stop_after_step did not stop the run")
+    assert not out.exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .._quiet import quiet_transformers
 from ..adapters.fsutil import atomic_directory, recover_directory
 from ..errors import BackboneError
 from .embedded import BASE_INFO, EMBEDDED, cache_root, embedded_dir
@@ -54,13 +55,6 @@ SPAN_OUT = "qa_outputs"  # the start/end layer of AutoModelForQuestionAnswering
 OUTPUT_LAYERS = (HEAD_OUT, SPAN_OUT)
 
 
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def target_modules(arch: str, preset: str | list[str], head: str = "lora",
                    pooled: bool = True) -> list[str]:
     """Module-name suffixes that get LoRA for `preset`.
@@ -88,10 +82,10 @@ def target_modules(arch: str, preset: str | list[str], head: str = "lora",
     return names
 
 
+@quiet_transformers()
 def _arch_of(name_or_path: str | Path) -> str:
     from transformers import AutoConfig
 
-    _quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as e:
@@ -117,6 +111,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "--", name).strip("-")[:80]
 
 
+@quiet_transformers()
 def _materialise(name_or_path: str) -> Path:
     """Copy a hub or local backbone into a base folder with a deterministic head dense layer."""
     from transformers import AutoModelForSequenceClassification
@@ -207,10 +202,10 @@ class Backbone:
         return cls(name=str(name), path=path, arch=arch,
                    description=info.get("description", f"{arch} from {name}"))
 
+    @quiet_transformers()
     def tokenizer(self):
         from transformers import AutoTokenizer
 
-        _quiet_transformers()
         return AutoTokenizer.from_pretrained(str(self.path))
 
     def head_dir(self, num_labels: int, head: str = HEAD_OUT) -> Path:
@@ -256,6 +251,7 @@ class Backbone:
                 raise
         return target
 
+    @quiet_transformers()
     def load_model(self, num_labels: int, problem_type: str | None = None,
                    auto_class: str = "AutoModelForSequenceClassification",
                    head: str = HEAD_OUT) -> torch.nn.Module:
@@ -263,7 +259,6 @@ class Backbone:
         exactly as plain peft users load it. A task's kind knows which: `Kind.load_model`."""
         import transformers
 
-        _quiet_transformers()
         cls = getattr(transformers, auto_class)
         kwargs = {"problem_type": problem_type} if problem_type else {}
         with warnings.catch_warnings():  # the shared base folder holds the other kinds' layers

@@ -24,7 +24,7 @@ import torch
 
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
-from ..errors import AdapterFileError, DataError
+from ..errors import AdapterFileError, DataError, UnknownTaskError
 from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
 from .lora_bank import LoraBankLinear, Place, Router, rank_bucket, wrap
@@ -309,8 +309,8 @@ class MultiTaskModel:
         """
         with self._lock:
             if name not in self.tasks:
-                raise KeyError(f"task {name!r} is not loaded, so there is nothing to replace; "
-                               f"loaded: {sorted(self.tasks)}. Use load() instead")
+                raise UnknownTaskError(f"task {name!r} is not loaded, so there is nothing to "
+                                       f"replace; loaded: {sorted(self.tasks)}. Use load() instead")
         return self.load(path, name=name)
 
     def _retire(self, task: ResidentTask) -> None:
@@ -335,7 +335,7 @@ class MultiTaskModel:
         with self._lock:
             task = self.tasks.pop(name, None)
             if task is None:
-                raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+                raise UnknownTaskError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
             self._retire(task)
 
     def slot_bytes(self, rank: int = 8) -> int:
@@ -466,6 +466,13 @@ class MultiTaskModel:
             self.slots.acquire(task)
             return task
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Hold the engine for the block: other threads' loads, unloads and batches wait at
+        their next step (the holding thread itself may still call in)."""
+        with self._lock:
+            yield
+
     def release(self, task: ResidentTask) -> None:
         """End one lease taken by `acquire`."""
         with self._lock:
@@ -515,7 +522,7 @@ class MultiTaskModel:
     def _task(self, name: str) -> ResidentTask:
         task = self.tasks.get(name)
         if task is None:
-            raise KeyError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
+            raise UnknownTaskError(f"task {name!r} is not loaded; loaded: {sorted(self.tasks)}")
         return task
 
     def predict_mixed(self, requests: list[tuple[str, TextInput]]) -> list[dict]:

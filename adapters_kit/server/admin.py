@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -19,13 +18,6 @@ from ..adapters.fsutil import atomic_directory, recover_directory
 from ..adapters.store import CHECKSUMS, read_adapter
 from ..engine.cache import AdapterCache
 from ..errors import AdapterFileError
-
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
-
-
-def valid_name(name: str) -> bool:
-    """A task name that is safe as a directory name in the store (no paths, no hidden files)."""
-    return NAME.fullmatch(name) is not None and ".." not in name
 
 
 def install(cache: AdapterCache, name: str, source: str | Path) -> str:

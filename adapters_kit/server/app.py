@@ -31,6 +31,7 @@ from ..adapters.store import AdapterStore
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel
 from ..kinds import kind_of
+from ..tasks import SERVED_NAME_RULE, is_served_name
 from . import admin
 from .batcher import Batcher
 from .config import ServeConfig
@@ -106,7 +107,7 @@ class Server:
 
     def servable(self, name: str) -> bool:
         # a resident task stays servable while an admin replace swaps its store directory
-        return (admin.valid_name(name) and name not in self.disabled
+        return (is_served_name(name) and name not in self.disabled
                 and (self.is_resident(name) or (self.store.path(name) / "task.json").is_file()))
 
     # -- the engine: what the Ray gateway forwards instead ----------------------------------------
@@ -279,7 +280,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
                             digest=residents.get(name))
 
     def in_store(name: str) -> None:
-        if not (admin.valid_name(name) and (srv.store.path(name) / "task.json").is_file()):
+        if not (is_served_name(name) and (srv.store.path(name) / "task.json").is_file()):
             raise ServeError(404, "unknown_adapter", f"no adapter {name!r} in the store; "
                              "GET /v1/admin/adapters lists them")
 
@@ -305,9 +306,9 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
              summary="Install or replace an adapter from a directory on the server",
              tags=["admin"])
     async def replace(name: str, body: ReplaceRequest, _: Admin):
-        if not admin.valid_name(name):
-            raise ServeError(422, "invalid_name", f"{name!r} is not a task name: use letters, "
-                             "digits, '_', '-', '.', starting with a letter or digit")
+        if not is_served_name(name):
+            raise ServeError(422, "invalid_name", f"{name!r} is not an adapter name: use "
+                             f"{SERVED_NAME_RULE} characters")
         async with srv.admin_lock:
             try:
                 await srv.install(name, body.source)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,6 +16,10 @@ from ..errors import AdaptersKitError
 
 class ServeConfigError(AdaptersKitError, ValueError):
     """A server setting is out of range or contradicts another one."""
+
+
+ENV_PREFIX = "ADAPTERS_KIT_"
+"""`ServeConfig.from_env` reads field `x_y` from `ADAPTERS_KIT_X_Y`."""
 
 
 def is_loopback(host: str) -> bool:
@@ -106,6 +113,66 @@ class ServeConfig:
         if problems:
             raise ServeConfigError("server settings refused:\n  " + "\n  ".join(problems))
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServeConfig:
+        """Settings from `ADAPTERS_KIT_<FIELD>` variables (e.g. `ADAPTERS_KIT_MAX_INPUTS=32`),
+        under `overrides` (the command line's flags; None means not given), over the defaults.
+
+        Every value is parsed as its field's type and validated as any ServeConfig is; a
+        message about a value from the environment names its variable.
+        """
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values, problems, named = {}, [], {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            if var in environ:
+                named[f.name] = var
+                try:
+                    values[f.name] = _parse(environ[var], hints[f.name])
+                except ValueError as e:
+                    problems.append(f"{var}={environ[var]!r} is not {e}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "store" not in values and not problems:
+            problems.append(f"no store: pass --store DIR or set {ENV_PREFIX}STORE")
+        if problems:
+            raise ServeConfigError("server settings refused:\n  " + "\n  ".join(problems))
+        try:
+            return cls(**values)
+        except ServeConfigError as e:
+            from_env = [f"{v} (sets {k})" for k, v in named.items() if k not in overrides
+                        or overrides[k] is None]
+            if not from_env:
+                raise
+            raise ServeConfigError(f"{e}\n  set from the environment: {', '.join(from_env)}") from None
+
     def engine_threads(self, replicas: int = 1) -> int:
         """The torch threads of one engine: `torch_threads`, or its share of the cores."""
         return self.torch_threads or max(1, (os.cpu_count() or 1) // replicas)
+
+
+def _parse(text: str, hint):
+    """`text` as a value of the (simple) field type `hint`; ValueError says what was expected."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None: empty means None
+        if text.strip() == "":
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError("an integer") from None
+    if hint is float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("a number") from None
+        if not math.isfinite(value):
+            raise ValueError("a finite number")
+        return value
+    if hint is Path:
+        if not text.strip():
+            raise ValueError("a path")
+        return Path(text)
+    return text

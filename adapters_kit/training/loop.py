@@ -20,6 +20,7 @@ from ..adapters.fsutil import atomic_directory
 from ..adapters.store import WEIGHTS, save_adapter
 from ..backbones import DEFAULT_BACKBONE, Backbone, encoder
 from ..data import collate, length_grouped_batches
+from ..errors import TrainingError, TrainingInterrupted
 from ..kinds import DEFAULT_KIND, Kind, kind_of
 from ..kinds.quality import QualityWarning, quality_warnings
 from ..tasks import TaskSpec, get_task
@@ -147,7 +148,12 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     wrong = [n for n in params if ".lora_" not in n and ".modules_to_save." not in n]
     # The naming rule decides what trains: LoRA factors and the saved head modules, nothing else.
-    assert not wrong, f"base weights would be trained: {wrong[:5]}"
+    if wrong:
+        raise TrainingError(f"base weights would be trained: {wrong[:5]}"
+                            + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+                            + "; only LoRA factors and the head modules may require gradients. "
+                            "Freeze the base (requires_grad_(False)) before get_peft_model, or "
+                            "list such a module in the LoRA config's modules_to_save")
     return params
 
 
@@ -247,8 +253,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
           on_progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Train a LoRA adapter and its head for `task`; write the adapter directory to `out_dir`.
 
-    `stop_after_step` ends the run early without saving an adapter (it simulates an
-    interruption; a later call resumes from the last checkpoint).
+    `stop_after_step` ends the run early without saving an adapter: it raises
+    `TrainingInterrupted` (with the step and the checkpoint path) as an interruption would end
+    the run, and a later call with the same task and `out_dir` resumes from that checkpoint.
 
     `on_progress` receives plain dicts on the main process: `{"event": "start", ...}`, then
     `"step"` (at most every `PROGRESS_SECONDS`), `"eval"` after each evaluation, and `"done"`.
@@ -421,7 +428,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
             if stop_after_step is not None and step >= stop_after_step:
                 bar.close()
                 procs.wait()  # the main process's checkpoint is complete before any exits
-                raise KeyboardInterrupt(f"stopped after step {step} (resume by training again)")
+                kept = ckpt.dir if (ckpt.dir / "progress.json").exists() else None
+                raise TrainingInterrupted(f"stopped after step {step} (resume by training again)",
+                                          step, kept)
             if stopped_early or step >= total_steps:
                 break
     bar.close()

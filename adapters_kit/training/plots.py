@@ -10,12 +10,11 @@ import numpy as np
 def curves_png(losses: list[tuple[int, float]], evals: list[tuple[int, float]], metric: str,
                title: str) -> bytes:
     """Training loss (smoothed) and the dev metric against the step, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.2), dpi=100)
+    FigureCanvasAgg(fig)  # draws without choosing a global backend (a notebook keeps its own)
     ax = fig.add_subplot(1, 2, 1)
     if losses:
         steps, values = zip(*losses)

@@ -1,4 +1,4 @@
-"""Generate the small hand-written demo datasets in this folder.
+"""Generate the small hand-written demo datasets of the bundled cards (adapters_kit/cards/data/).
 
 support_intent.tsv  : text<TAB>intent   (billing / shipping / account / technical)
 support_urgency.tsv : text<TAB>urgency  (urgent / routine)
@@ -11,7 +11,9 @@ Run with:  python3 make_demo_data.py
 import os
 import random
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The cards and their data ship inside the package (package data); this generator does not.
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "adapters_kit", "cards",
+                    "data")
 
 SLOTS = {
     "n": "2|3|4|5|6|7|8|9",
@@ -304,8 +306,8 @@ def main():
         lambda lab: ["thanks", "thank you", "cheers", "regards, Sam", "- Maria"] + URG_CLOSE[lab].split("|"),
         seen,
     )
-    write(os.path.join(HERE, "support_intent.tsv"), "text\tintent", intent_rows)
-    write(os.path.join(HERE, "support_urgency.tsv"), "text\turgency", urgency_rows)
+    write(os.path.join(OUT, "support_intent.tsv"), "text\tintent", intent_rows)
+    write(os.path.join(OUT, "support_urgency.tsv"), "text\turgency", urgency_rows)
 
 
 if __name__ == "__main__":
