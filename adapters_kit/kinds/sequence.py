@@ -99,6 +99,9 @@ class SequenceKind(Kind):
     # -- serving ----------------------------------------------------------------------------
 
     def coerce(self, spec, item):
+        if isinstance(item, dict):
+            raise DataError(f"this task ({self.name}) does not take an object input; send "
+                            f"{self.describe_input(spec)}")
         if spec.is_pair:
             if isinstance(item, (list, tuple)) and len(item) == 2:
                 return tuple(item)
