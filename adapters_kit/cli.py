@@ -11,7 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import AdaptersKitError
+from .errors import AdaptersKitError, TrainingInterrupted
 from .kinds.quality import QualityWarning
 
 
@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except TrainingInterrupted as e:  # stopped on request: resumable, as after Ctrl-C
+        return _fail(as_json, 130, "Interrupted", str(e))
     except (AdaptersKitError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return _fail(as_json, 2, type(e).__name__, msg)

@@ -27,13 +27,14 @@ from adapters_kit.adapters.store import WEIGHTS, read_adapter
 SCRIPT = """
 import json, os, sys
 from adapters_kit import TaskSpec, TrainConfig, train
+from adapters_kit.training import TrainingInterrupted
 
 args = json.loads(sys.argv[1])
 spec = TaskSpec.from_dict(args["task"])
 try:
     result = train(spec, args["out"], TrainConfig(**args["config"]),
                    stop_after_step=args.get("stop_after_step"))
-except KeyboardInterrupt:
+except TrainingInterrupted:
     sys.exit(130)
 with open(args["report"] + os.environ["RANK"], "w") as f:
     json.dump({"metrics": result.metrics, "losses": result.history["losses"],

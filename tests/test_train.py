@@ -9,8 +9,9 @@ import torch
 from conftest import quick
 from safetensors.torch import load_file
 
-from adapters_kit import Backbone, train
+from adapters_kit import AdaptersKitError, Backbone, train
 from adapters_kit.adapters.store import WEIGHTS
+from adapters_kit.training import TrainingInterrupted
 
 
 def test_trains_only_adapter_and_head_and_base_is_unchanged(tiny_backbone, sentiment_task, tmp_path):
@@ -49,10 +50,18 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tiny_distilber
     cfg = dict(epochs=2, evals_per_epoch=3, patience=100)
     full = train(sentiment_task, tmp_path / "full" / "x", quick(tiny_distilbert, **cfg))
     out = tmp_path / "resumed" / "x"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=6)
+    # a library error a caller can handle, naming where the run resumes from
+    assert isinstance(stopped.value, AdaptersKitError) and not isinstance(stopped.value, KeyboardInterrupt)
+    assert stopped.value.step == 6 and stopped.value.total_steps == 12
+    assert stopped.value.checkpoint == out.parent / ".checkpoints" / "x"
+    assert str(stopped.value.checkpoint) in str(stopped.value)
     assert not out.exists()  # no partial adapter
     assert (out.parent / ".checkpoints" / "x" / "progress.json").exists()
+    # tensors in safetensors, the rest in JSON: nothing pickled
+    held = sorted(p.name for p in stopped.value.checkpoint.iterdir())
+    assert held and all(n.endswith((".safetensors", ".json")) for n in held), held
     resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
     assert json.loads((out / "task.json").read_text())["training"]["steps"] == \
         json.loads((full.path / "task.json").read_text())["training"]["steps"]
@@ -105,7 +114,7 @@ def test_resume_after_a_non_improving_evaluation_keeps_the_best_weights(tiny_dis
     later = [s for s in steps if s > best]
     assert len(later) >= 2, f"no non-improving evaluation after the best one: {full.history}"
     out = tmp_path / "resumed" / "x"
-    with pytest.raises(KeyboardInterrupt):  # after a non-improving evaluation, not at the end
+    with pytest.raises(TrainingInterrupted):  # after a non-improving evaluation, not at the end
         train(sentiment_task, out, quick(tiny_distilbert, **cfg), stop_after_step=later[0])
     resumed = train(sentiment_task, out, quick(tiny_distilbert, **cfg))
     meta_full = json.loads((full.path / "task.json").read_text())
