@@ -189,17 +189,30 @@ def _old_schedule(s: int, warmup: int, total: int) -> float:
     return min((s + 1) / max(1, warmup), max(0.0, (total - s) / max(1, total - warmup)))
 
 
-@pytest.mark.parametrize("total,warmup", [(36, 2), (10, 0), (100, 6), (1, 0)])
-def test_the_schedule_warms_up_then_decays_linearly(total, warmup):
-    p = torch.nn.Parameter(torch.zeros(2))
-    optimizer = torch.optim.AdamW([{"params": [p]}], lr=0.5)
-    schedule = schedule_for(optimizer, Steps(per_epoch=total, total=total, eval_every=1, warmup=warmup))
-    lrs = []
-    for _ in range(total):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert lrs == [0.5 * _old_schedule(s, warmup, total) for s in range(total)]
+@pytest.mark.parametrize("total,warmup", [(36, 2), (10, 0), (100, 6), (1, 0), (12, 3)])
+def test_the_schedule_step_by_step_and_against_transformers_linear(total, warmup):
+    """Ours: warmup reaches the full rate at step warmup - 1, then linear decay. transformers'
+    `linear` warms up from 0: during warmup its rate at step s is ours at s - 1; from the end
+    of warmup on, and with no warmup, the rates are the same step for step."""
+    from transformers import get_scheduler
+
+    def rates(make) -> list[float]:
+        p = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.AdamW([{"params": [p]}, {"params": [], "weight_decay": 0.0}], lr=0.5)
+        schedule = make(optimizer)
+        out = []
+        for _ in range(total):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    ours = rates(lambda o: schedule_for(o, Steps(per_epoch=total, total=total, eval_every=1,
+                                                 warmup=warmup)))
+    assert ours == [0.5 * _old_schedule(s, warmup, total) for s in range(total)]  # unchanged
+    hf = rates(lambda o: get_scheduler("linear", o, num_warmup_steps=warmup, num_training_steps=total))
+    assert hf[warmup:] == ours[warmup:]
+    assert hf[:warmup] == [0.0, *ours[: warmup - 1]][:warmup]
 
 
 def test_steps_plan_matches_the_data():

@@ -113,7 +113,12 @@ def optimizer_for(params: dict[str, torch.nn.Parameter], run: ResolvedConfig) ->
 
 
 def schedule_for(optimizer: torch.optim.Optimizer, steps: Steps):
-    """Linear warmup over `steps.warmup` steps, then linear decay to zero at `steps.total`."""
+    """Linear warmup over `steps.warmup` steps, then linear decay to zero at `steps.total`.
+
+    Not transformers' `get_scheduler("linear")`: that is this schedule one step behind during
+    warmup (its first step has rate 0), so it would change every adapter trained with warmup
+    (tests/test_training_parts.py shows the rates side by side). From the end of warmup on,
+    and with no warmup, the two are the same step for step."""
     warmup, total = steps.warmup, steps.total
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
         (s + 1) / max(1, warmup), max(0.0, (total - s) / max(1, total - warmup))))
