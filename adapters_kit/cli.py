@@ -385,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except TrainingInterrupted as e:
-        return _fail(as_json, 130, "Interrupted", f"{e}; `train` resumes from its last checkpoint "
-                     "if run again")
+    except TrainingInterrupted as e:  # stopped on request: resumable, as after Ctrl-C
+        return _fail(as_json, 130, "Interrupted", str(e))
     except (AdaptersKitError, FileExistsError) as e:  # a user's mistake; any other error is a bug
         return _fail(as_json, 2, type(e).__name__, str(e))
     except KeyboardInterrupt:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 class AdaptersKitError(Exception):
     """Base class: every error this package raises on purpose."""
@@ -32,21 +30,31 @@ class UnknownTaskError(AdaptersKitError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ConfigError(AdaptersKitError, ValueError):
+    """A training setting is out of range or of the wrong type; every problem is listed."""
+
+
 class TrainingError(AdaptersKitError, RuntimeError):
-    """Training cannot run as set up (e.g. base weights would get gradients)."""
+    """A training run cannot go on as it was set up (the message says what to change)."""
 
 
 class TrainingInterrupted(AdaptersKitError):
-    """Training stopped on request (`train(stop_after_step=...)`) before the adapter was written.
+    """Training stopped on request (`train(..., stop_after_step=N)`) before saving an adapter.
 
-    `checkpoint` holds the last checkpoint (None if none was written yet); training the same
-    task into the same `out_dir` again resumes from it.
-    """
+    `checkpoint` is the directory a later `train` with the same settings resumes from (None
+    when no evaluation had been checkpointed yet: the next run starts afresh); `step` is the
+    last step taken."""
 
-    def __init__(self, message: str, step: int, checkpoint: Path | None):
+    def __init__(self, message: str, *, step: int, total_steps: int, checkpoint=None) -> None:
         super().__init__(message)
-        self.step = step
-        self.checkpoint = checkpoint
+        self.step, self.total_steps, self.checkpoint = step, total_steps, checkpoint
+
+    def __reduce__(self):  # keyword-only fields: pickled errors (multiprocessing) keep them
+        return _interrupted, (self.args[0], self.step, self.total_steps, self.checkpoint)
+
+
+def _interrupted(message, step, total_steps, checkpoint):
+    return TrainingInterrupted(message, step=step, total_steps=total_steps, checkpoint=checkpoint)
 
 
 class DataWarning(UserWarning):

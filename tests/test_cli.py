@@ -127,3 +127,52 @@ def test_train_json_progress_and_eval_baseline_on_a_file(tiny_distilbert, tmp_pa
     expected = kind_of(spec).baseline(spec, load_splits(spec)[0],
                                       load_eval_split(spec, str(tmp_path / "other.tsv")))
     assert scored["baseline"] == pytest.approx(expected)
+
+
+def _card(tmp_path, epochs: int = 2):
+    card = tmp_path / "cli_stop.toml"
+    write_tsv(tmp_path / "train.tsv", ["text", "label"], sentiment_rows(64))
+    card.write_text('name = "cli_stop"\nlabels = ["neg", "pos"]\n[data]\ntrain = "train.tsv"\n'
+                    f'dev_fraction = 0.25\n[defaults]\nepochs = {epochs}\nlearning_rate = 5e-3\n'
+                    'batch_size = 16\nrank = 4\n')
+    return card
+
+
+def test_an_interrupted_training_exits_130_naming_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """`train` stopped on request raises TrainingInterrupted (a library error): the command
+    reports it as an interruption, resumable, not as a usage error."""
+    from adapters_kit import cli
+    from adapters_kit.training import TrainingInterrupted
+
+    def stopped(spec, out, config, on_progress=None):
+        raise TrainingInterrupted(f"training stopped after step 3 of 8; resume from {out}.ckpt",
+                                  step=3, total_steps=8, checkpoint=f"{out}.ckpt")
+
+    monkeypatch.setattr("adapters_kit.training.loop.train", stopped)
+    code = cli.main(["train", str(_card(tmp_path)), "--out", str(tmp_path / "a"), "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert code == 130 and error["exit_code"] == 130 and error["type"] == "Interrupted"
+    assert f"{tmp_path / 'a'}.ckpt" in error["message"]
+
+
+def test_ctrl_c_during_training_exits_130_and_leaves_a_checkpoint(tiny_distilbert, tmp_path):
+    import signal
+
+    out = tmp_path / "adapter"
+    proc = subprocess.Popen([*CLI, "train", str(_card(tmp_path, epochs=500)), "--backbone",
+                             tiny_distilbert, "--out", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        evals = 0
+        for line in proc.stderr:  # --json progress: one event a line
+            evals += line.startswith("{") and json.loads(line)["event"] == "eval"
+            if evals == 2:  # the first evaluation's checkpoint is written before the second
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    error = json.loads(stdout)["error"]
+    assert proc.returncode == 130 and error["type"] == "Interrupted"
+    assert "resumes from its last checkpoint" in error["message"]
+    assert not out.exists() and (tmp_path / ".checkpoints" / "adapter" / "progress.json").exists()

@@ -214,11 +214,12 @@ def test_cli_exits_130_when_training_is_interrupted(monkeypatch, capsys):
     train_module = sys.modules["adapters_kit.training.loop"]
 
     def stopped(*args, **kwargs):
-        raise TrainingInterrupted("stopped after step 3 (resume by training again)", 3, None)
+        raise TrainingInterrupted("stopped after step 3 (resume by training again)", step=3,
+                                  total_steps=6, checkpoint=None)
 
     monkeypatch.setattr(train_module, "train", stopped)
     assert cli.main(["train", "sst2", "--out", "/nonexistent/x"]) == 130
-    assert "resumes from its last checkpoint" in capsys.readouterr().err
+    assert "resume by training again" in capsys.readouterr().err  # the error says what comes next
 
 
 # -- 6. one owner for the name rules ---------------------------------------------------------------

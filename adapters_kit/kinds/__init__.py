@@ -95,8 +95,10 @@ class Kind:
 
     # -- the model --------------------------------------------------------------------------
 
-    def lora_config(self, arch: str, num_outputs: int, cfg: dict):
-        """The peft LoraConfig for one of the two head designs (see TrainConfig.head)."""
+    def lora_config(self, arch: str, num_outputs: int, cfg):
+        """The peft LoraConfig for one of the two head designs (see TrainConfig.head). `cfg` has
+        `rank`, `lora_alpha`, `lora_dropout`, `targets` and `head` (training's LoraSettings or
+        its resolved config)."""
         raise NotImplementedError
 
     def load_model(self, backbone, num_outputs: int):
@@ -184,10 +186,10 @@ class WholeHeadKind(Kind):
 
         from ..backbones import target_modules
 
-        return LoraConfig(r=cfg["rank"], lora_alpha=cfg["lora_alpha"],
-                          lora_dropout=cfg["lora_dropout"],
-                          target_modules=target_modules(arch, cfg["targets"], cfg["head"], pooled=False),
-                          task_type=getattr(TaskType, self.peft_task_type) if cfg["head"] == "full"
+        return LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout,
+                          target_modules=target_modules(arch, cfg.targets, cfg.head, pooled=False),
+                          task_type=getattr(TaskType, self.peft_task_type) if cfg.head == "full"
                           else None, modules_to_save=[self.head])
 
 

@@ -27,15 +27,15 @@ class SequenceKind(Kind):
 
         from ..backbones import HEAD_DENSE, target_modules
 
-        common = {"r": cfg["rank"], "lora_alpha": cfg["lora_alpha"],
-                  "lora_dropout": cfg["lora_dropout"],
-                  "target_modules": target_modules(arch, cfg["targets"], cfg["head"], pooled=True)}
-        if cfg["head"] == "lora":
+        common = {"r": cfg.rank, "lora_alpha": cfg.lora_alpha,
+                  "lora_dropout": cfg.lora_dropout,
+                  "target_modules": target_modules(arch, cfg.targets, cfg.head, pooled=True)}
+        if cfg.head == "lora":
             # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its
             # suffix match also catches DistilBERT's pre_classifier, saving a dim x dim matrix per
             # adapter. The classifier is a LoRA over a zero base instead; its rank must reach the
             # label count.
-            rank_pattern = {self.head: num_outputs} if num_outputs > cfg["rank"] else {}
+            rank_pattern = {self.head: num_outputs} if num_outputs > cfg.rank else {}
             return LoraConfig(**common, rank_pattern=rank_pattern,
                               alpha_pattern={self.head: 2 * num_outputs} if rank_pattern else {})
         extra = [HEAD_DENSE[arch]] if arch == "albert" else []  # DistilBERT's: caught by "classifier"

@@ -1,0 +1,198 @@
+"""The fit: epochs of length-grouped batches, evaluations, early stopping and checkpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backbones import encoder
+from ..data import collate, length_grouped_batches
+from ..errors import TrainingInterrupted
+from ..kinds import Kind
+from .checkpoint import Checkpoint
+from .config import ResolvedConfig
+from .data import TrainingData
+from .distributed import Processes
+from .evaluate import DevEvaluator
+from .setup import Steps
+
+PROGRESS_SECONDS = 10.0
+"""Least seconds between two `on_progress` step events."""
+
+
+class EarlyStopping:
+    """The best dev metric so far, its step, and the evaluations since that did not beat it."""
+
+    def __init__(self, patience: int, higher_is_better: bool = True) -> None:
+        self.patience, self.higher_is_better = patience, higher_is_better
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+
+    def update(self, step: int, value: float) -> bool:
+        """Count one evaluation; True when it is the best so far (ties are not better)."""
+        better = self.best is None or (
+            value > self.best if self.higher_is_better else value < self.best)
+        if better:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+        else:
+            self.bad_evals += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_evals >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
+
+
+@dataclass
+class FitState:
+    """Where the fit is: what a checkpoint's `progress.json` holds, and the best weights."""
+
+    stopping: EarlyStopping
+    step: int = 0
+    seen: int = 0
+    """Training rows seen (every process's)."""
+    seconds: float = 0.0
+    losses: list = field(default_factory=list)
+    """(step, global batch loss) per step."""
+    evals: list = field(default_factory=list)
+    """(step, dev metric) per evaluation."""
+    best_metrics: dict[str, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    """The adapter state of the best evaluation (kept in `best.safetensors`, not the JSON)."""
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "seen": self.seen, "seconds": self.seconds, "losses": self.losses,
+                "evals": self.evals, "best_metrics": self.best_metrics,
+                "early_stopping": self.stopping.state_dict()}
+
+    def restore(self, progress: dict, best_state: dict[str, torch.Tensor] | None) -> None:
+        self.stopping.load_state_dict(progress["early_stopping"])
+        self.step, self.seen, self.seconds = progress["step"], progress["seen"], progress["seconds"]
+        self.losses, self.evals = progress["losses"], progress["evals"]
+        self.best_metrics, self.best_state = progress["best_metrics"], best_state
+
+
+@dataclass
+class Fit:
+    """Everything a fit runs on. `model` evaluates and is saved; `stepper` (DDP's wrapper of
+    it, or itself) takes the training steps."""
+
+    model: torch.nn.Module
+    stepper: torch.nn.Module
+    arch: str
+    kind: Kind
+    data: TrainingData
+    run: ResolvedConfig
+    steps: Steps
+    params: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    autocast: Callable
+    procs: Processes
+    evaluate: DevEvaluator
+    checkpoint: Checkpoint
+    emit: Callable[[dict], None]
+
+    def run_from(self, state: FitState, stop_after_step: int | None = None) -> None:
+        """Train from `state` until the last step, early stopping, the time budget, or
+        `stop_after_step` (then raise TrainingInterrupted, the checkpoint left to resume)."""
+        from tqdm.auto import tqdm
+
+        run, steps, procs, spec = self.run, self.steps, self.procs, self.data.spec
+        if procs.size > 1:  # each process its own dropout masks, as it has its own rows
+            torch.manual_seed(run.seed * 1_000_003 + procs.rank * 1009 + state.step)
+        bar = tqdm(total=steps.total, initial=state.step, disable=not (run.progress and procs.is_main),
+                   desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
+        started = time.perf_counter() - state.seconds
+        self.emit({"event": "start", "task": spec.name, "step": state.step, "total_steps": steps.total,
+                   "train_rows": len(self.data.train_feats.ids), "dev_rows": len(self.data.dev_feats.ids),
+                   "metric": spec.metric, "class_weights": self.data.weights_used})
+        last_emit = time.perf_counter()
+        lengths = [len(x) for x in self.data.train_feats.ids]
+        while state.step < steps.total and not state.stopped_early:
+            epoch, offset = divmod(state.step, steps.per_epoch)
+            batches = length_grouped_batches(lengths, run.batch_size, seed=run.seed * 1000 + epoch)
+            for batch in batches[offset:]:
+                loss = self._step(batch)
+                state.step += 1
+                state.seen += len(batch)
+                state.losses.append((state.step, loss))
+                bar.update(1)
+                if time.perf_counter() - last_emit >= PROGRESS_SECONDS:
+                    last_emit = time.perf_counter()
+                    self.emit({"event": "step", "step": state.step, "total_steps": steps.total,
+                               "loss": round(loss, 5), "seconds": round(last_emit - started, 1)})
+                over_time = run.max_seconds is not None and procs.any(
+                    time.perf_counter() - started + self.evaluate.seconds >= run.max_seconds)
+                if state.step % steps.eval_every == 0 or state.step == steps.total or over_time:
+                    self._evaluate(state, loss, started, bar)
+                    state.stopped_early = state.stopping.should_stop or over_time
+                if stop_after_step is not None and state.step >= stop_after_step:
+                    bar.close()
+                    procs.wait()  # the main process's checkpoint is complete before any exits
+                    raise self._interrupted(state.step, stop_after_step)
+                if state.stopped_early or state.step >= steps.total:
+                    break
+        bar.close()
+        state.seconds = time.perf_counter() - started
+
+    def _step(self, batch: list[int]) -> float:
+        """One optimizer step on a global batch; its mean loss over every process's rows."""
+        rows, weight = self.procs.share(batch)
+        feats, kind = self.data.train_feats, self.kind
+        input_ids, mask = collate([feats.ids[i] for i in rows], self.data.pad)
+        with self.autocast():
+            logits = kind.outputs(self.stepper(**encoder.model_inputs(self.arch, input_ids, mask,
+                                                                      self.data.sep)))
+        loss = kind.loss(logits.float(), kind.batch_targets(feats, rows, input_ids.shape[1]),
+                         self.data.loss_weight)
+        if weight != 1.0:
+            loss = loss * weight
+        self.procs.backward(loss)
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.procs.mean(loss)
+
+    def _evaluate(self, state: FitState, loss: float, started: float, bar) -> None:
+        """Evaluate on dev, keep the best state, report, and checkpoint (not after the last step)."""
+        from peft import get_peft_model_state_dict
+
+        metric = self.data.spec.metric
+        metrics = self.evaluate()
+        value = metrics[metric]
+        state.evals.append((state.step, value))
+        if state.stopping.update(state.step, value):
+            state.best_metrics = metrics
+            state.best_state = {k: v.clone() for k, v in get_peft_model_state_dict(self.model).items()}
+            self.evaluate.keep()
+        self.emit({"event": "eval", "step": state.step, "total_steps": self.steps.total,
+                   "loss": round(loss, 5), "metrics": metrics, "best": state.stopping.best,
+                   "best_step": state.stopping.best_step,
+                   "seconds": round(time.perf_counter() - started, 1)})
+        bar.set_postfix(loss=f"{loss:.3f}", **{metric: f"{value:.4f}"})
+        state.seconds = time.perf_counter() - started
+        if state.step < self.steps.total and self.procs.is_main:
+            self.checkpoint.save(self.params, self.optimizer, self.schedule, state.to_dict(),
+                                 state.best_state)
+
+    def _interrupted(self, step: int, stop_after_step: int) -> TrainingInterrupted:
+        name, total = self.data.spec.name, self.steps.total
+        saved = self.checkpoint.dir if self.checkpoint.exists() else None
+        then = (f"train again with the same settings to resume from its checkpoint {saved}" if saved
+                else "no evaluation was checkpointed yet, so training again starts afresh")
+        return TrainingInterrupted(f"training {name!r} stopped after step {step} of {total} "
+                                   f"(stop_after_step={stop_after_step}); {then}",
+                                   step=step, total_steps=total, checkpoint=saved)

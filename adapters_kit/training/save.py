@@ -1,0 +1,112 @@
+"""The end of a run: the best state back in the model, its report and warnings, the adapter
+directory written through the store, the checkpoint removed, and the `TrainResult`."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..adapters.store import WEIGHTS, save_adapter
+from ..backbones import Backbone
+from ..kinds import Kind
+from ..kinds.quality import QualityWarning, quality_warnings
+from .checkpoint import Checkpoint
+from .config import ResolvedConfig
+from .data import TrainingData
+from .distributed import Processes
+from .evaluate import DevEvaluator
+from .fit import FitState
+from .plots import confusion_png, curves_png
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    train_seconds: float
+    examples_seen: int
+    adapter_bytes: int
+    history: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    """The kept checkpoint's per-class scores and confusion matrix on dev (see `class_report`)."""
+    warnings: list[str] = field(default_factory=list)
+    """Never-predicted classes, a score below the baseline: also raised as `QualityWarning`s."""
+    class_weights: dict[str, float] | None = None
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / max(self.train_seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "metrics": self.metrics, "baseline": self.baseline,
+                "train_seconds": round(self.train_seconds, 2), "examples_seen": self.examples_seen,
+                "examples_per_second": round(self.examples_per_second, 1),
+                "adapter_bytes": self.adapter_bytes, "class_weights": self.class_weights,
+                "report": self.report, "warnings": self.warnings}
+
+
+def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, run: ResolvedConfig,
+         data: TrainingData, evaluate: DevEvaluator, backbone: Backbone, base_fingerprint: str,
+         procs: Processes, checkpoint: Checkpoint, emit) -> TrainResult:
+    """Write the best evaluation's adapter to `out_dir` (the main process) and report it."""
+    from peft import set_peft_model_state_dict
+
+    spec, train_split, dev_split = data.spec, data.train_split, data.dev_split
+    if state.best_state is not None:
+        set_peft_model_state_dict(model, state.best_state)
+    # The best state's dev metrics were computed when it was kept (evaluation is deterministic).
+    final = state.best_metrics
+    if final is None or evaluate.kept is None:  # nothing kept, or resumed: its outputs are gone
+        metrics = evaluate()
+        final = final or metrics
+        evaluate.keep()
+    baseline = procs.from_main(kind.baseline(spec, train_split, dev_split)
+                               if run.baseline and procs.is_main else {})
+    report = kind.report(spec, dev_split, data.dev_feats, evaluate.kept)
+    train_counts = kind.label_counts(spec, train_split)
+    notes = quality_warnings(spec, report, train_counts, final, baseline)
+    if procs.is_main:
+        for note in notes:
+            warnings.warn(f"{spec.name}: {note}", QualityWarning, stacklevel=3)
+    best_step = state.stopping.best_step
+    task_meta = {
+        "task": spec.to_dict(),
+        "backbone": {"name": backbone.name, "arch": backbone.arch, "fingerprint": base_fingerprint,
+                     "base_dir": str(backbone.path), "description": backbone.description},
+        "metrics": final,
+        "tfidf_baseline": baseline,
+        "training": {**run.record(),
+                     "train_examples": len(train_split), "dev_examples": len(dev_split),
+                     "train_rows": len(data.train_feats.ids),
+                     "skipped_examples": len(getattr(train_split, "skipped", [])),
+                     "steps": state.step, "best_step": best_step,
+                     "train_seconds": round(state.seconds, 2), "examples_seen": state.seen,
+                     "stopped_early": state.stopped_early, "processes": procs.size,
+                     "class_weight_values": data.weights_used, "train_label_counts": train_counts},
+        "history": {"evals": state.evals},
+        "dev_report": report,
+        "warnings": notes,
+    }
+    if procs.is_main:
+        extra = {"curves.png": curves_png(state.losses, state.evals, spec.metric,
+                                          f"{spec.name} on {backbone.name}")}
+        if report.get("confusion_matrix"):
+            extra["confusion.png"] = confusion_png(report["confusion_matrix"], report["labels"],
+                                                   f"{spec.name}: dev, best step {best_step}")
+        save_adapter(out_dir, model, task_meta, overwrite=run.overwrite, extra_files=extra)
+        checkpoint.remove()
+        with contextlib.suppress(OSError):
+            checkpoint.dir.parent.rmdir()  # only when no other task's checkpoint is in it
+    procs.wait()  # the adapter is complete before any process returns its path
+    emit({"event": "done", "step": state.step, "best_step": best_step, "metrics": final,
+          "path": str(out_dir), "seconds": round(state.seconds, 1)})
+    nbytes = (out_dir / WEIGHTS).stat().st_size + (out_dir / "adapter_config.json").stat().st_size
+    return TrainResult(path=out_dir, metrics=final, baseline=baseline, train_seconds=state.seconds,
+                       examples_seen=state.seen, adapter_bytes=nbytes,
+                       history={"evals": state.evals, "best_step": best_step, "losses": state.losses},
+                       report=report, warnings=notes, class_weights=data.weights_used)
