@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..engine.cache import AdapterCache
+from ..engine.memory import HeapTrimmer
 from ..engine.model import ResidentTask, plan_chunks
 from ..errors import AdapterFileError, DataError
 from ..kinds import Row
@@ -170,6 +171,7 @@ class Batcher:
             import torch
 
             torch.set_num_threads(self.config.engine_threads())  # see ServeConfig.torch_threads
+            trimmer = HeapTrimmer()
             while True:
                 try:
                     batch = self._gather()
@@ -184,6 +186,7 @@ class Batcher:
                     self._batch_chars = sum(p.job.chars for p in batch)
                     self._run_safely(batch)
                     self._measure()
+                trimmer.maybe()  # between batches: freed pages go back to the system
         except BaseException:
             # Nothing one request or adapter does reaches here (each is answered alone above).
             # If anything does, the process must not look alive: /healthz fails from now on
