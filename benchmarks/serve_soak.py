@@ -105,13 +105,14 @@ def random_token_adapters(backbone, root: Path, kind: str, names: list[str]) -> 
     from adapters_kit import TaskSpec
     from adapters_kit.adapters.store import save_adapter
     from adapters_kit.kinds import kind_of
+    from adapters_kit.training import lora_config
 
     impl = kind_of(kind)
     labels = NER_LABELS if impl.labelled else []
     specs = [TaskSpec(name=n, kind=kind, labels=labels) for n in names]
     base = impl.load_model(backbone, specs[0].num_outputs)
     cfg = {"targets": "qv", "head": "lora", "rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
-    peft_model = get_peft_model(base, impl.lora_config(backbone.arch, specs[0].num_outputs, cfg))
+    peft_model = get_peft_model(base, lora_config(backbone.arch, specs[0].num_outputs, cfg, impl))
     fp = backbone.fingerprint()  # token kinds carry the sequence model's fingerprint
     paths = []
     for i, spec in enumerate(specs):
