@@ -39,7 +39,7 @@ def test_save_then_load_gives_the_same_logits(tiny_distilbert, sentiment_task, t
 
     from transformers import AutoTokenizer
 
-    train_module = sys.modules["adapters_kit.training.loop"]
+    train_module = sys.modules["adapters_kit.training.save"]  # where training writes the adapter
     texts = ["the film was great lovely", "a plot was dull awful"]
     tok, save, trained = AutoTokenizer.from_pretrained(tiny_distilbert), train_module.save_adapter, []
 
