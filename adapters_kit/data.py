@@ -309,12 +309,13 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
     return batches
 
 
-def collate(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest row: input ids [B, T] and attention mask [B, T]."""
+def collate(ids: list[list[int]], pad_id: int, device: torch.device | str | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest row: input ids [B, T] and attention mask [B, T], made on `device`
+    (one copy from Python lists, not one per row)."""
     width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    input_ids = torch.tensor([x + [pad_id] * (width - len(x)) for x in ids],  # [B, T]
+                             dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids],  # [B, T]
+                        dtype=torch.long, device=device)
     return input_ids, mask

@@ -24,6 +24,7 @@ import torch
 
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
+from ..data import collate
 from ..errors import AdapterFileError, DataError, UnknownTaskError
 from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
@@ -202,6 +203,7 @@ class MultiTaskModel:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.fingerprint = fingerprint(self.model)
+        self._max_adapter_bytes = 2 * 4 * sum(p.numel() for p in self.model.parameters()) + (64 << 20)
         self.tokenizer = self.backbone.tokenizer()
         self.router = Router()
         self.dense_name = HEAD_DENSE_PATH[self.arch]
@@ -227,8 +229,7 @@ class MultiTaskModel:
         """The most tensor bytes one adapter for this base may hold: LoRA of full rank on every
         linear is at most twice the base's weights, plus room for a wide head. A weights file
         claiming more is refused from its header, before it is read."""
-        params = sum(p.numel() for p in self.model.parameters())
-        return 2 * 4 * params + (64 << 20)
+        return self._max_adapter_bytes
 
     def load(self, path: str | Path | AdapterFiles, name: str | None = None) -> str:
         """Make an adapter resident (verified first); a no-op if it is already resident.
@@ -399,12 +400,7 @@ class MultiTaskModel:
         ids = [ids[i] for i in order]
         tasks = [tasks[i] for i in order]
         device = self.device
-        pad = self.tokenizer.pad_token_id or 0
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids],  # [B, T]
-                                 dtype=torch.long, device=device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids],  # [B, T]
-                            dtype=torch.long, device=device)
+        input_ids, mask = collate(ids, self.tokenizer.pad_token_id or 0, device)  # [B, T] each
         low = self.precision == "bf16"
         with self.router.route([t.place for t in tasks], device), \
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
