@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -249,8 +250,14 @@ def _type_name(hint) -> str:
     return " or ".join(_type_name(a) for a in kept) + " or null" if kept else str(hint)
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """A dataclass's resolved field types: resolved once per class (a load reads them)."""
+    return typing.get_type_hints(cls)
+
+
 def _type_problems(spec: TaskSpec) -> list[str]:
-    hints = typing.get_type_hints(type(spec))
+    hints = _hints(type(spec))
     out = []
     for f in fields(spec):
         value = getattr(spec, f.name)

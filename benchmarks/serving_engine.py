@@ -165,6 +165,7 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
                                            adapter_name=names[0]).eval()
     for p, name in zip(paths[1:], names[1:]):
         peft_model.load_adapter(str(p), adapter_name=name)
+    label = backbone.arch if id_lists is None else "embedded-distilbert-sst2"
     if id_lists is None:
         ids = token_batch(batch, length)
         mask = torch.ones_like(ids)
@@ -215,7 +216,7 @@ def p1(backbone: Backbone, paths: list[Path], batch: int, length: int, ks: list[
             gc.enable()
         ci = median_ci(ratios)
         med = statistics.median
-        row = {"arch": backbone.arch if id_lists is None else "embedded-distilbert-sst2",
+        row = {"arch": label,
                "batch": batch, "length": length, "k": k,
                "k_in_batch": len(groups),
                "merged_ms": round(t["merged"] * 1e3, 2),

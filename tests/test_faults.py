@@ -237,6 +237,80 @@ def test_a_started_batch_stops_between_chunks_once_its_requests_are_past_their_d
     assert 1 <= len(calls) < 20, f"{len(calls)} of 20 chunks ran for a request past its deadline"
 
 
+def _slow_batcher(store, tiny_distilbert, calls: list):
+    """A real engine whose every forward also pauses 50 ms (a slow machine), 2 rows a chunk."""
+    from adapters_kit.server.batcher import Batcher
+    from adapters_kit.server.config import ServeConfig
+    from adapters_kit.server.metrics import ServerMetrics
+
+    model = MultiTaskModel(tiny_distilbert)
+    config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=4096,
+                         max_batch_rows=2, max_wait_ms=50)
+    cache = AdapterCache(model, AdapterStore(store), 64 << 20)
+    batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))
+    real = model.forward
+
+    def slow_forward(ids, tasks):
+        calls.append(len(ids))
+        out = real(ids, tasks)
+        time.sleep(0.05)
+        return out
+
+    model.forward = slow_forward
+    return batcher, model
+
+
+def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
+        store, tiny_distilbert):
+    """A long request (40 rows, about 1 s of forwards) and a short one with a 3 s deadline
+    are queued (the queue's estimate admits both), then the engine is held 2 s, as a cold
+    load or a busy machine would hold it. Run together, the short one would come back past its
+    deadline; it is shed with 429 and Retry-After when it is taken, and the long one is
+    answered. Then a short request with a 0.8 s deadline, and a long one after it: the long one
+    would make the batch late for the short one, so it is carried over to the next batch, and
+    both are answered, the short one in time."""
+    import asyncio
+
+    from adapters_kit.server.errors import ServeError
+
+    calls: list[int] = []
+    batcher, model = _slow_batcher(store, tiny_distilbert, calls)
+    long = [f"the film was great {i}" for i in range(40)]
+    short = ["the film was dull", "the film was fine"]
+    batcher.start()
+
+    async def outcome(future, deadline):
+        try:
+            rows = len((await asyncio.wait_for(future, 30))[1])
+            return ("ok", rows, time.monotonic() <= deadline)
+        except ServeError as e:
+            return (e.status, e.code, e.headers.get("Retry-After"))
+
+    async def scenario():
+        now = time.monotonic
+        for _ in range(2):  # the engine's rates, measured on real batches
+            await outcome(batcher.submit("tiny_sentiment", long, now() + 30), now() + 30)
+        with model.paused():
+            a_end, b_end = now() + 30, now() + 3.0
+            a = batcher.submit("tiny_sentiment", long, a_end)
+            b = batcher.submit("tiny_sentiment", short, b_end)
+            await asyncio.sleep(2.0)
+        first = [await outcome(a, a_end), await outcome(b, b_end)]
+        with model.paused():
+            c_end, d_end = now() + 0.8, now() + 30
+            c = batcher.submit("tiny_sentiment", short, c_end)
+            d = batcher.submit("tiny_sentiment", long, d_end)
+        second = [await outcome(c, c_end), await outcome(d, d_end)]
+        return first, second
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        batcher.stop(10)
+    assert first == [("ok", 40, True), (429, "overloaded", "1")], first
+    assert second == [("ok", 2, True), ("ok", 40, True)], second
+
+
 def test_work_that_cannot_finish_before_its_deadline_is_refused_with_429_at_the_door(
         store, tiny_distilbert):
     """With the engine held, the queue grows; once its expected wait passes the deadline, new

@@ -243,7 +243,7 @@ def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     if _PREFIX + head + ".weight" not in tensors and _PREFIX + head + ".lora_A.weight" not in tensors:
         raise _refuse(path, f"it has no task head ({head}) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
-    bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    bad = _non_finite(tensors)
     if bad:
         raise _refuse(path, f"tensors {bad[:3]} hold NaN or infinite values (a diverged training)",
                       "retrain with a lower learning rate")
@@ -263,6 +263,16 @@ def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     if problems:
         raise _refuse(path, "; ".join(problems), "re-export the adapter")
     return files
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or an infinity. The sums first, in float64 (where no
+    sum of finite float32 or bfloat16 values overflows): a NaN or an infinity, and only they,
+    make a sum non-finite, so one check over the sums clears a sound file at once."""
+    floats = [t for t in tensors.values() if t.is_floating_point()]
+    if floats and bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in floats])).all()):
+        return []
+    return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint: str) -> None:

@@ -54,6 +54,11 @@ ADMIT_SHARE = 0.5
 """A request is refused (429) when its expected wait exceeds this share of its deadline: the
 estimate is a moving average, and a batch already running may hold long rows."""
 
+START_MARGIN = 1.25
+"""When the engine takes a request, it is run only if the batch's expected run time, times
+this margin, still ends before the request's deadline; otherwise it is shed with 429 before any
+of the engine's time is spent on it (it would only have come back as a 504)."""
+
 
 class _TooCostly(Exception):
     """A request whose inputs expand to more model rows than one request may cost."""
@@ -98,6 +103,8 @@ class Batcher:
         self._pending_chars = 0  # characters of the queued inputs
         self._chars_per_s = 0.0  # the engine's recent rate (0: not yet measured)
         self._batch_chars, self._batch_started = 0, 0.0
+        self._tokens_per_s = 0.0  # the forward passes' recent rate in word pieces (0: unknown)
+        self._carry: _Prepared | None = None  # taken, leased and tokenised; heads the next batch
         self.on_failure: list = []
         """Called (on the engine thread) if it dies; serve() ends the process non-zero."""
         self._thread = threading.Thread(target=self._work, name="adapters-kit-engine", daemon=True)
@@ -145,9 +152,10 @@ class Batcher:
 
     def expected_wait(self, chars: int) -> float | None:
         """Seconds until a request of `chars` characters would be answered, from the queue's
-        characters and the engine's recent rate; None while the queue is empty or the rate is
-        not yet known (a request is never refused for its own size alone)."""
-        if not self._pending_chars or not self._chars_per_s:
+        characters, the batch running now and the engine's recent rate; None while the engine
+        is idle or its rate is not yet known (a request is never refused for its own size
+        alone)."""
+        if not (self._pending_chars or self._batch_chars) or not self._chars_per_s:
             return None
         return (self._pending_chars + self._batch_chars + chars) / self._chars_per_s
 
@@ -207,6 +215,15 @@ class Batcher:
             self._chars_per_s = rate if not self._chars_per_s else 0.8 * self._chars_per_s + 0.2 * rate
         self._batch_chars = 0
 
+    def _measure_tokens(self, tokens: int, seconds: float) -> None:
+        """The forward passes' rate in word pieces a second (a moving average over batches):
+        the unit in which the engine judges, when it takes a request, whether it can still
+        make its deadline."""
+        if tokens and seconds > 0:
+            rate = tokens / seconds
+            self._tokens_per_s = rate if not self._tokens_per_s else \
+                0.8 * self._tokens_per_s + 0.2 * rate
+
     def _run_safely(self, batch: list[_Prepared]) -> None:
         try:
             self._run(batch)
@@ -224,6 +241,11 @@ class Batcher:
             self._stopping = True
             jobs, self._queue = list(self._queue), deque()
             self._pending = self._pending_chars = 0
+            carried, self._carry = self._carry, None
+        if carried is not None:
+            with contextlib.suppress(Exception):
+                self.model.release(carried.task)
+            jobs.append(carried.job)
         for job in jobs:
             _resolve(job, error=ServeError(503, "engine_failed", "the engine stopped; retry "
                                            "against another instance or after a restart"))
@@ -246,23 +268,63 @@ class Batcher:
             return job
 
     def _gather(self) -> list[_Prepared] | None:
-        """Requests for one batch (possibly none servable); None once stopped and drained."""
-        job = self._take(None)
-        if job is None:
-            return None
+        """Requests for one batch (possibly none servable); None once stopped and drained.
+
+        The batch is closed early when the next request would make it run past the earliest
+        deadline already in it: that request is carried over to head the next batch."""
+        carried, self._carry, job = self._carry, None, None
+        if carried is None:
+            job = self._take(None)
+            if job is None:
+                return None
         self._batch_started = time.monotonic()  # work from here: the idle wait is not counted
         batch: list[_Prepared] = []
-        tokens = 0
+        tokens, earliest = 0, float("inf")
         end = time.monotonic() + self.config.max_wait_ms / 1000
-        while job is not None:
-            prepared = self._prepare(job)
+        while carried is not None or job is not None:
+            prepared, carried = (carried, None) if carried is not None else (self._prepare(job), None)
             if prepared is not None:
-                batch.append(prepared)
-                tokens += sum(len(r.ids) for rows in prepared.rows for r in rows)
+                cost = sum(len(r.ids) for rows in prepared.rows for r in rows)
+                if self._cannot_finish(prepared, tokens + cost):
+                    self._shed(prepared)
+                elif batch and self._ends_after(tokens + cost, earliest):
+                    self._carry = prepared  # it would make the batch late for another request
+                    break
+                else:
+                    batch.append(prepared)
+                    tokens += cost
+                    earliest = min(earliest, prepared.job.deadline)
             if tokens >= self.config.batch_tokens:
                 break
             job = self._take(max(0.0, end - time.monotonic()))
         return batch
+
+    def _ends_after(self, tokens: int, deadline: float) -> bool:
+        """Would a batch of `tokens` word pieces, started now, end after `deadline`?"""
+        rate = self._tokens_per_s
+        return bool(rate) and time.monotonic() + tokens / rate * START_MARGIN > deadline
+
+    def _cannot_finish(self, prepared: _Prepared, batch_tokens: int) -> bool:
+        """Would a batch of `batch_tokens` word pieces (this request's included) end past the
+        request's deadline? Only a request that could finish with the engine to itself is
+        judged so: one too costly for any deadline runs and gets its 504, as before."""
+        rate = self._tokens_per_s
+        if not rate:
+            return False
+        own = sum(len(r.ids) for rows in prepared.rows for r in rows) / rate * START_MARGIN
+        if own > self.config.deadline_s * ADMIT_SHARE:
+            return False
+        return self._ends_after(batch_tokens, prepared.job.deadline)
+
+    def _shed(self, prepared: _Prepared) -> None:
+        """Answer a request that can no longer be served in time: 429 with Retry-After, before
+        the engine spends anything on it; its place goes to requests that can still make it."""
+        self.model.release(prepared.task)
+        self.metrics.rejected.labels("deadline_unreachable_at_start").inc()
+        _resolve(prepared.job, error=ServeError(
+            429, "overloaded", "the server fell behind: this request waited in the queue and "
+            "could no longer be answered within its deadline; retry after "
+            f"{self.config.retry_after_s} s", headers={"Retry-After": str(self.config.retry_after_s)}))
 
     def _prepare(self, job: Job) -> _Prepared | None:
         """Make the job's task resident, lease it and tokenise; on failure answer the job."""
@@ -339,6 +401,7 @@ class Batcher:
         self.metrics.batch_inputs.observe(sum(len(p.items) for p in batch))
         self.metrics.batch_tasks.observe(len({p.task.name for p in batch}))
         expired: set[int] = set()
+        started, ran = time.monotonic(), 0
         for chunk in chunks:
             # between chunks: a request past its deadline (its caller has its 504) costs no more
             now = time.monotonic()
@@ -352,6 +415,8 @@ class Batcher:
                                       [batch[b].task for b, _, _ in chunk])
             for (b, i, j), out in zip(chunk, outs):
                 batch[b].outs[i][j] = out
+            ran += sum(len(batch[b].rows[i][j].ids) for b, i, j in chunk)
+        self._measure_tokens(ran, time.monotonic() - started)
         for b, p in enumerate(batch):
             if b in expired:
                 _resolve(p.job, error=deadline_exceeded(self.config.deadline_s))
