@@ -172,6 +172,7 @@ class Supervised:
         self.argv, self.url, self.log = argv, url, log
         self.proc = None
         self.restarts: list[dict] = []
+        self.counters: dict = {}
         self._log_mark = 0
 
     def start(self) -> None:
@@ -327,10 +328,23 @@ async def soak(server: Supervised, seconds: float, clients: int, kinds: dict[str
 
         await asyncio.gather(watch(), sample(), progress(), *(loop(i) for i in range(clients)))
         elapsed = time.monotonic() - t0
+        with contextlib.suppress(httpx.HTTPError):  # the server's own account of 429s and 504s
+            server.counters = server_counters((await client.get("/metrics")).text)
     mb = rss_mb(server.proc.pid)
     if mb is not None:
         samples.append((elapsed, server.proc.pid, mb))
     return records, samples, elapsed
+
+
+def server_counters(text: str) -> dict[str, dict[str, int]]:
+    """From the server's /metrics: 429s by reason and 504s by where the time ran out (since
+    the last start of the server)."""
+    out: dict[str, dict[str, int]] = {"rejected": {}, "deadline_exceeded": {}}
+    for family, label in (("rejected", "reason"), ("deadline_exceeded", "where")):
+        pattern = rf'^adapters_kit_{family}_total\{{{label}="([^"]+)"\}} (\S+)$'
+        for key, value in re.findall(pattern, text, re.M):
+            out[family][key] = int(float(value))
+    return out
 
 
 def report(records: list[tuple], samples: list[tuple], elapsed: float, seconds: float,
@@ -427,7 +441,8 @@ def main() -> None:
 
     record = {"minutes": args.minutes, "clients": args.clients, "tasks": len(kinds),
               "damaged_tasks": damaged, "server_args": args.server_args, "cpus": os.cpu_count(),
-              **report(records, samples, elapsed, seconds, server.restarts)}
+              **report(records, samples, elapsed, seconds, server.restarts),
+              "server_counters": server.counters}
     print(f"{record['requests']} requests in {record['seconds']} s, {record['ok_rps']} ok/s; "
           f"statuses {record['status_counts']}", flush=True)
     for target, c in record["status_counts_by_target"].items():

@@ -262,9 +262,9 @@ def _slow_batcher(store, tiny_distilbert, calls: list):
 
 def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
         store, tiny_distilbert):
-    """A long request (40 rows, about 1 s of forwards) and a short one with a 3 s deadline
-    are queued (the queue's estimate admits both), then the engine is held 2 s, as a cold
-    load or a busy machine would hold it. Run together, the short one would come back past its
+    """A long request (40 rows, at least 1 s of forwards) and a short one are queued (the
+    queue's estimate admits both), then the engine is held until the short one has 0.6 s
+    left, as a cold load or a busy machine would hold it. Run together, the short one would come back past its
     deadline; it is shed with 429 and Retry-After when it is taken, and the long one is
     answered. Then a short request with a 0.8 s deadline, and a long one after it: the long one
     would make the batch late for the short one, so it is carried over to the next batch, and
@@ -291,11 +291,20 @@ def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
         for _ in range(2):  # the engine's rates, measured on real batches
             await outcome(batcher.submit("tiny_sentiment", long, now() + 30), now() + 30)
         with model.paused():
-            a_end, b_end = now() + 30, now() + 3.0
+            a_end = now() + 30
             a = batcher.submit("tiny_sentiment", long, a_end)
+            # a deadline the queue's estimate admits, whatever this machine's speed; taken with
+            # 0.6 s left, less than the long request's 20 chunks of 50 ms pauses alone
+            wait = batcher.expected_wait(sum(map(len, short)))
+            budget = max(3.0, 2.5 * wait + 0.5)
+            b_end = now() + budget
             b = batcher.submit("tiny_sentiment", short, b_end)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(budget - 0.6)
         first = [await outcome(a, a_end), await outcome(b, b_end)]
+        for _ in range(200):  # until the engine has closed its books on that batch
+            if batcher.expected_wait(1) is None:
+                break
+            await asyncio.sleep(0.05)
         with model.paused():
             c_end, d_end = now() + 0.8, now() + 30
             c = batcher.submit("tiny_sentiment", short, c_end)

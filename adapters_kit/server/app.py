@@ -259,6 +259,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
             kind, outputs, headers = await asyncio.wait_for(
                 srv.predict(body.task, inputs, deadline), deadline - time.monotonic())
         except asyncio.TimeoutError:
+            srv.metrics.deadline_exceeded.labels("answer").inc()
             raise deadline_exceeded(config.deadline_s) from None
         return _json(200, {"task": body.task, "kind": kind, "outputs": outputs}, headers)
 

@@ -56,8 +56,13 @@ estimate is a moving average, and a batch already running may hold long rows."""
 
 START_MARGIN = 1.25
 """When the engine takes a request, it is run only if the batch's expected run time, times
-this margin, still ends before the request's deadline; otherwise it is shed with 429 before any
-of the engine's time is spent on it (it would only have come back as a 504)."""
+this margin (or the recent slowdown, if larger), still ends before the request's deadline;
+otherwise it is shed with 429 before any of the engine's time is spent on it (it would only
+have come back as a 504)."""
+
+DELIVERY_SLACK_S = 0.25
+"""The engine plans to finish this long before a deadline: the answer still has to cross to
+the event loop, which may be busy with other callers, before the deadline's timer fires."""
 
 
 class _TooCostly(Exception):
@@ -104,6 +109,7 @@ class Batcher:
         self._chars_per_s = 0.0  # the engine's recent rate (0: not yet measured)
         self._batch_chars, self._batch_started = 0, 0.0
         self._tokens_per_s = 0.0  # the forward passes' recent rate in word pieces (0: unknown)
+        self._slowdown = 1.0  # recent worst of a batch's run time over its estimate
         self._carry: _Prepared | None = None  # taken, leased and tokenised; heads the next batch
         self.on_failure: list = []
         """Called (on the engine thread) if it dies; serve() ends the process non-zero."""
@@ -218,9 +224,13 @@ class Batcher:
     def _measure_tokens(self, tokens: int, seconds: float) -> None:
         """The forward passes' rate in word pieces a second (a moving average over batches):
         the unit in which the engine judges, when it takes a request, whether it can still
-        make its deadline."""
+        make its deadline. Also the slowdown: how much longer than estimated the batch ran
+        (it follows a slower batch at once and relaxes by 5% a batch)."""
         if tokens and seconds > 0:
             rate = tokens / seconds
+            if self._tokens_per_s:
+                ratio = self._tokens_per_s / rate
+                self._slowdown = max(ratio, 1.0 + 0.95 * (self._slowdown - 1.0))
             self._tokens_per_s = rate if not self._tokens_per_s else \
                 0.8 * self._tokens_per_s + 0.2 * rate
 
@@ -300,9 +310,14 @@ class Batcher:
         return batch
 
     def _ends_after(self, tokens: int, deadline: float) -> bool:
-        """Would a batch of `tokens` word pieces, started now, end after `deadline`?"""
+        """Would a batch of `tokens` word pieces, started now, end after `deadline` (less the
+        delivery slack)? The estimate is the recent rate times the larger of the margin and
+        the recent slowdown: on a machine shared with other work the rate swings within
+        seconds, and a batch that ran twice as long as estimated makes the next estimates
+        twice as cautious until the engine catches up."""
         rate = self._tokens_per_s
-        return bool(rate) and time.monotonic() + tokens / rate * START_MARGIN > deadline
+        margin = max(START_MARGIN, self._slowdown)
+        return bool(rate) and time.monotonic() + tokens / rate * margin > deadline - DELIVERY_SLACK_S
 
     def _cannot_finish(self, prepared: _Prepared, batch_tokens: int) -> bool:
         """Would a batch of `batch_tokens` word pieces (this request's included) end past the
@@ -340,6 +355,7 @@ class Batcher:
         if job.future.done():
             return None
         if time.monotonic() > job.deadline:
+            self.metrics.deadline_exceeded.labels("queued").inc()
             _resolve(job, error=deadline_exceeded(self.config.deadline_s))
             return None
         error = self.cache.ensure_available([job.task]).get(job.task)
@@ -419,6 +435,7 @@ class Batcher:
         self._measure_tokens(ran, time.monotonic() - started)
         for b, p in enumerate(batch):
             if b in expired:
+                self.metrics.deadline_exceeded.labels("in_batch").inc()
                 _resolve(p.job, error=deadline_exceeded(self.config.deadline_s))
                 continue
             try:

@@ -61,4 +61,8 @@ class ServerMetrics:
                                      buckets=_SIZE_BUCKETS, registry=r)
         self.rejected = Counter("adapters_kit_rejected", "requests refused before the engine",
                                 ["reason"], registry=r)
+        self.deadline_exceeded = Counter(
+            "adapters_kit_deadline_exceeded", "requests answered 504, by where their time ran "
+            "out: queued (taken after it), in_batch (between chunks), answer (the batch ran "
+            "past it)", ["where"], registry=r)
         r.register(_CacheCollector(cache_figures))
