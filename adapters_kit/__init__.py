@@ -3,6 +3,7 @@
 from .adapters.merge import merge_adapter
 from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
+from .devices import resolve_device
 from .engine.cache import AdapterCache
 from .engine.model import MultiTaskModel
 from .errors import (
@@ -10,6 +11,7 @@ from .errors import (
     AdaptersKitError,
     BackboneError,
     DataError,
+    DeviceError,
     TaskError,
     TrainingError,
     TrainingInterrupted,
@@ -28,6 +30,7 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "DataError",
+    "DeviceError",
     "MultiTaskModel",
     "TaskError",
     "TaskSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "merge_adapter",
     "read_adapter",
     "register_task",
+    "resolve_device",
     "train",
 ]
 __version__ = "0.1.0"

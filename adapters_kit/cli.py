@@ -78,6 +78,18 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace, quiet: bool = False):
+    """The command's `--device`, resolved; says on stderr which device it chose (not under
+    `--json`, whose output carries a `device` key instead)."""
+    from .devices import choice_note, resolve_device
+    from .training.distributed import is_main_process
+
+    device = resolve_device(args.device)
+    if not (quiet or getattr(args, "json", False)) and is_main_process():
+        print(f"adapters-kit: {choice_note(args.device, device)}", file=sys.stderr, flush=True)
+    return device
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .tasks import get_task
     from .training.distributed import is_main_process
@@ -94,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          head=args.head, max_train_examples=args.max_train_examples,
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
-                         class_weights=args.class_weights,
+                         class_weights=args.class_weights, device=str(_device(args)),
                          resume=not args.no_resume, progress=not args.json)
     with warnings.catch_warnings():  # reported below, once, as the output format wants
         warnings.simplefilter("ignore", QualityWarning)
@@ -135,12 +147,13 @@ def _print_report(report: dict) -> None:
             print(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
 
 
-def _model_for(adapter_dir: str):
+def _model_for(adapter_dir: str, args: argparse.Namespace):
     from .adapters.store import read_adapter
     from .engine.model import MultiTaskModel
 
+    device = _device(args)  # a device that is not there fails before anything is read
     files = read_adapter(adapter_dir)
-    model = MultiTaskModel(files.task["backbone"]["name"])
+    model = MultiTaskModel(files.task["backbone"]["name"], device=device)
     name = model.load(files)
     return model, name, files
 
@@ -149,12 +162,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.evaluation import evaluate_adapter
 
     started = time.perf_counter()
-    model, _, files = _model_for(args.adapter_dir)
+    model, _, files = _model_for(args.adapter_dir, args)
     result = evaluate_adapter(files, args.data, args.split, model=model,  # read once
                               baseline=not args.no_baseline, encoding=args.encoding)
     seconds = time.perf_counter() - started
     if args.json:
-        _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path)})
+        _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path),
+                     "device": str(model.device)})
     else:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         print(f"{result['task']} on {result['split']} ({result['examples']} examples): {shown}")
@@ -167,12 +181,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, name, _ = _model_for(args.adapter_dir)
+    model, name, _ = _model_for(args.adapter_dir, args)
     task = model.tasks[name]
     inputs = [tuple(t.split(args.sep, 1)) if task.spec.is_pair else t for t in args.texts]
     preds = model.predict(name, inputs)
     if args.json:
-        _print_json({"task": name, "predictions": preds})
+        _print_json({"task": name, "predictions": preds, "device": str(model.device)})
     else:
         for text, p in zip(args.texts, preds):
             if "entities" in p:
@@ -192,9 +206,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .adapters.merge import merge_adapter
 
-    out = merge_adapter(args.adapter_dir, args.out, overwrite=args.overwrite)
+    device = _device(args)
+    out = merge_adapter(args.adapter_dir, args.out, overwrite=args.overwrite, device=device)
     if args.json:
-        _print_json({"merged": str(out), "adapter": args.adapter_dir})
+        _print_json({"merged": str(out), "adapter": args.adapter_dir, "device": str(device)})
     else:
         print(f"merged {args.adapter_dir} into its base -> {out} (a plain transformers folder)")
     return 0
@@ -217,12 +232,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # flags win over ADAPTERS_KIT_* variables, which win over the defaults
     flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
-                                           *_SERVE_LIMITS)}
+                                           "device", *_SERVE_LIMITS)}
     config = ServeConfig.from_env(**flags)
     if not args.ray:
-        if args.replicas is not None or args.ray_address:
-            raise AdaptersKitError("--replicas and --ray-address need --ray; add --ray to serve "
-                                   "on Ray Serve, or drop them for the single-process server")
+        if args.replicas is not None or args.ray_address or args.ray_gpus_per_replica is not None:
+            raise AdaptersKitError("--replicas, --ray-address and --ray-gpus-per-replica need "
+                                   "--ray; add --ray to serve on Ray Serve, or drop them for the "
+                                   "single-process server")
         serve(config)
         return 0
     if args.replicas is not None and args.replicas < 1:
@@ -234,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"adapters-kit: error: --ray needs Ray Serve ({e.name} is missing): "
               'pip install "adapters-kit[ray]"', file=sys.stderr)
         return 2
-    serve_ray(config, args.replicas or 1, args.ray_address)
+    serve_ray(config, args.replicas or 1, args.ray_address, args.ray_gpus_per_replica or 0.0)
     return 0
 
 
@@ -243,6 +259,24 @@ _SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int,
                  "max_request_rows": int, "queue_inputs": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
                  "torch_threads": int}
+
+
+def _device_flag(p: argparse.ArgumentParser, what: str = "where to run",
+                 default: str | None = "auto") -> None:
+    p.add_argument("--device", default=default, metavar="auto|cpu|cuda|cuda:N",
+                   help=f"{what}: auto (default) = a GPU when one is visible, else the CPU"
+                   + ("" if default else "; or ADAPTERS_KIT_DEVICE"))
+
+
+def _gpu_count(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and (value <= 1 or value.is_integer())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU count; give a fraction of one "
+                                         "GPU (e.g. 0.5) or a whole number")
+    return value
 
 
 def _thread_count(text: str) -> int:
@@ -293,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["lora", "full"], default="lora",
                    help="lora: small files (default); full: peft's default head, saved whole")
     p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="training matmuls: auto = bf16 where the hardware is native (default)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="training matmuls: auto (default) = on a GPU bf16 where native, else "
+                   "fp16 with a grad scaler; on the CPU bf16 where native, else fp32")
+    _device_flag(p)
     p.add_argument("--dropout", type=float,
                    help="override every dropout of the model and LoRA during training")
     p.add_argument("--seed", type=int, default=0)
@@ -313,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", help="text encoding of the --data file (default: the task's)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the TF-IDF baseline (it trains on the task's training split)")
+    _device_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -320,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter_dir")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--sep", default="|||", help="separates the two texts of a pair task")
+    _device_flag(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -327,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter_dir")
     p.add_argument("out", help="model folder to write")
     p.add_argument("--overwrite", action="store_true")
+    _device_flag(p, "where the merge runs (the weights written are the same)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_merge)
 
@@ -343,15 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     for field, kind in _SERVE_LIMITS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind,
                        help="see the README, section HTTP server, for the default")
-    p.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="engine matmul precision: fp32 (default, exact) or bf16 (faster on "
-                   "CPUs with bf16 units)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="engine matmul precision: fp32 (default, exact), bf16 (faster on "
+                   "CPUs with bf16 units and recent GPUs), or auto (bf16 on such a GPU, else fp32)")
+    _device_flag(p, default=None)
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve: engine replicas, requests routed by task (README, "
                    "section Serving on Ray)")
     p.add_argument("--replicas", type=int, help="with --ray: engine replicas (default 1)")
     p.add_argument("--ray-address", help="with --ray: join the Ray cluster at this address "
                    "(default: RAY_ADDRESS, else start a local Ray instance)")
+    p.add_argument("--ray-gpus-per-replica", type=_gpu_count, metavar="N",
+                   help="with --ray: GPUs each engine replica asks Ray for, a fraction (0.5: "
+                   "two replicas share one) or a whole number (default 0: the CPU)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")

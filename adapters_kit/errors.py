@@ -30,6 +30,10 @@ class UnknownTaskError(AdaptersKitError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DeviceError(AdaptersKitError, ValueError):
+    """A device setting names no device this machine has (or is not a device name)."""
+
+
 class ConfigError(AdaptersKitError, ValueError):
     """A training setting is out of range or of the wrong type; every problem is listed."""
 

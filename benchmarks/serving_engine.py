@@ -78,7 +78,8 @@ def make_adapters(backbone: Backbone, k: int, work: Path) -> list[Path]:
 
 def load_engine(backbone: Backbone, paths: list[Path]) -> tuple[MultiTaskModel, list[str]]:
     """An engine with every adapter of `paths` resident, and their task names in order."""
-    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1)
+    # the CPU benchmark (its merged floor and lock-step are CPU's); device_check.py does CUDA
+    engine = MultiTaskModel(str(backbone.path), capacity=len(paths) + 1, device="cpu")
     for p in paths:
         engine.load(p)
     return engine, sorted(engine.tasks)
@@ -269,7 +270,7 @@ def forward_after_switch(engine, ids, a, b, pairs: int) -> tuple[float, float, f
 
 def p2_p3_memory(backbone: Backbone, paths: list[Path], resident_counts: list[int]) -> dict:
     """Cold load latency at several resident counts, warm switch cost, bytes per adapter."""
-    engine = MultiTaskModel(str(backbone.path), capacity=max(resident_counts) + 64)
+    engine = MultiTaskModel(str(backbone.path), capacity=max(resident_counts) + 64, device="cpu")
     ids = [[101] + [2000 + i for i in range(30)] + [102]]
     cold = {}
     loaded = 0

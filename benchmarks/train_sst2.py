@@ -1,6 +1,6 @@
 """SST-2 on an embedded backbone: dev accuracy, training time, adapter size, TF-IDF baseline.
 
-    python benchmarks/train_sst2.py [--backbone embedded-albert] [--head full]
+    python benchmarks/train_sst2.py [--backbone embedded-albert] [--head full] [--device cuda]
 
 Trains on the first 20,000 rows of SST-2 train after a seeded shuffle and scores the GLUE dev
 set. The last line printed is one JSON object.
@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--head", default="lora", choices=["lora", "full"])
     ap.add_argument("--dropout", type=float, default=None,
                     help="override every dropout (model and LoRA) during training")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="training time budget; the best checkpoint so far is kept")
     ap.add_argument("--evals-per-epoch", type=int, default=1)
@@ -45,7 +46,7 @@ def main() -> None:
                          head=args.head, max_train_examples=args.train_examples, seed=args.seed,
                          max_seconds=args.max_seconds, precision=args.precision,
                          evals_per_epoch=args.evals_per_epoch, dropout=args.dropout,
-                         lora_dropout=args.dropout,
+                         lora_dropout=args.dropout, device=args.device,
                          overwrite=True, resume=False)
     result = train(spec, out, config)
     print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"
@@ -57,7 +58,7 @@ def main() -> None:
     emit({"backbone": args.backbone, "head": args.head, "targets": training["targets"],
           "rank": training["rank"], "learning_rate": training["learning_rate"],
           "epochs_run": round(result.examples_seen / training["train_examples"], 2),
-          "precision": training["precision"],
+          "precision": training["precision"], "device": result.device,
           "dev_accuracy": round(result.metrics["accuracy"], 4),
           "train_seconds": round(result.train_seconds, 1),
           "examples_per_second": round(result.examples_per_second, 1),

@@ -24,6 +24,16 @@ WORDS_TOPIC = "film story acting plot music scenes ending cast".split()
 WORDS_FILL = "the a this was is and very quite really its".split()
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: without it they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False here)")
+    for item in items:
+        if item.get_closest_marker("gpu"):  # not `keywords`: a parameter id may read "gpu"
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     """One cache of converted and materialised bases for the whole session."""

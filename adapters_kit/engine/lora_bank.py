@@ -141,6 +141,12 @@ class LoraBankLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
+    def _apply(self, fn, recurse: bool = True):
+        # the stacks are plain tensors, not parameters: `.to(device)` moves them here
+        super()._apply(fn, recurse)
+        self._buckets = {k: (fn(a), fn(b)) for k, (a, b) in self._buckets.items()}
+        return self
+
     def rows(self, bucket: int) -> int:
         """Rows allocated in `bucket` (0 if this layer holds none)."""
         stack = self._buckets.get(bucket)
@@ -182,8 +188,8 @@ class LoraBankLinear(nn.Module):
         bank_a, bank_b = self._buckets[bucket]
         bank_a[row].zero_()
         bank_b[row].zero_()
-        bank_a[row, :r] = a.to(bank_a.dtype)
-        bank_b[row, :, :r] = (b.to(torch.float32) * scale).to(bank_b.dtype)
+        bank_a[row, :r] = a.to(device=bank_a.device, dtype=bank_a.dtype)  # from the files' CPU copy
+        bank_b[row, :, :r] = (b.to(device=bank_b.device, dtype=torch.float32) * scale).to(bank_b.dtype)
 
     def clear_slot(self, place: Place) -> None:
         bucket, row = place

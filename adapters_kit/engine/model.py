@@ -25,6 +25,7 @@ import torch
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
 from ..data import collate
+from ..devices import engine_precision, resolve_device
 from ..errors import AdapterFileError, DataError, UnknownTaskError
 from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
@@ -144,6 +145,10 @@ class SlotTable:
         heapq.heappush(self._free_rows[bucket], row)
         return self._rows[bucket]
 
+    def versions(self) -> list[ResidentTask]:
+        """Every adapter version holding a row, retired ones still in use included."""
+        return [t for holders in self._holders.values() for t in holders.values()]
+
     def acquire(self, task: ResidentTask) -> None:
         task.users += 1
 
@@ -183,26 +188,34 @@ class SlotTable:
         heapq.heapify(self._free_rows[bucket])
 
 
-PRECISIONS = {"fp32", "bf16"}
+PRECISIONS = {"fp32", "bf16", "auto"}
 
 
 class MultiTaskModel:
-    """A shared base with a bank of LoRA adapters and one head per task."""
+    """A shared base with a bank of LoRA adapters and one head per task.
+
+    `device`: `auto` (a GPU when one is visible, else the CPU; the choice is logged), `cpu`,
+    `cuda` or `cuda:N`. The base, the banks and the heads live there, every batch is built
+    there, and outputs come back on the CPU. `precision`: `fp32`, `bf16`, or `auto` (bf16 on
+    a GPU that runs it natively, else fp32)."""
 
     def __init__(self, backbone: str | Path = "embedded-distilbert", capacity: int = 8,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", device: str | torch.device = "auto") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}; fp32 "
-                             "matches plain peft exactly, bf16 is faster on CPUs with bf16 units")
+                             "matches plain peft exactly, bf16 is faster on CPUs with bf16 units "
+                             "and on recent GPUs, auto picks per device")
+        device = resolve_device(device)
         # bf16: the base's matmuls (and the LoRA factors') run under bf16 autocast; weights,
         # heads, norms and the returned outputs stay fp32.
-        self.precision = precision
+        self.precision = engine_precision(precision, device)
         self.backbone = Backbone.resolve(backbone)
         self.arch = self.backbone.arch
         self.model = self.backbone.load_model(num_labels=1)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.fingerprint = fingerprint(self.model)
+        self.fingerprint = fingerprint(self.model)  # of the CPU copy: no device round trip
+        self.model.to(device)
         self._max_adapter_bytes = 2 * 4 * sum(p.numel() for p in self.model.parameters()) + (64 << 20)
         self.tokenizer = self.backbone.tokenizer()
         self.router = Router()
@@ -224,6 +237,20 @@ class MultiTaskModel:
     def device(self) -> torch.device:
         """Where the base's weights, and so every tensor of a pass, live."""
         return self.model.get_input_embeddings().weight.device
+
+    def to(self, device: str | torch.device) -> MultiTaskModel:
+        """Move the base, every bank and every resident head to `device` (a setting as for
+        `__init__`). Loads and unloads wait meanwhile; call it between passes, not during one."""
+        device = resolve_device(device)
+        with self._lock:
+            self.model.to(device)  # the banks follow (LoraBankLinear._apply)
+            for task in {id(t): t for t in self.slots.versions()}.values():
+                task.head_weight = self._here(task.head_weight)
+                if task.head_bias is not None:
+                    task.head_bias = self._here(task.head_bias)
+                if task.dense is not None:
+                    task.dense = (self._here(task.dense[0]), self._here(task.dense[1]))
+        return self
 
     def max_adapter_bytes(self) -> int:
         """The most tensor bytes one adapter for this base may hold: LoRA of full rank on every
@@ -289,13 +316,17 @@ class MultiTaskModel:
                 raise AdapterFileError(f"adapter {files.path} refused: its {self.dense_name} is "
                                        f"{tuple(dense[0].shape)} but this base needs ({hidden}, "
                                        f"{hidden}); use the backbone it was trained on")
-            dense = (dense[0].float(), dense[1].float())
+            dense = (self._here(dense[0]), self._here(dense[1]))
         resident = ResidentTask(
             name=name, slot=-1, kind=spec.kind, labels=list(spec.labels), pair=spec.is_pair,
-            max_length=spec.max_length, head_weight=w.float(),
-            head_bias=None if bias is None else bias.float(), dense=dense, path=files.path,
+            max_length=spec.max_length, head_weight=self._here(w),
+            head_bias=None if bias is None else self._here(bias), dense=dense, path=files.path,
             nbytes=files.nbytes, digest=files.digest, spec=spec, impl=kind_of(spec))
         return resident, pairs
+
+    def _here(self, t: torch.Tensor) -> torch.Tensor:
+        """A head tensor from the files, fp32 on the base's device."""
+        return t.to(device=self.device, dtype=torch.float32)
 
     def slot_usage(self) -> tuple[int, int]:
         """(slots holding an adapter, slots allocated); slot 0 ("no adapter") is not counted."""
@@ -393,7 +424,8 @@ class MultiTaskModel:
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], tasks: list[ResidentTask]) -> list[torch.Tensor]:
         """Raw outputs for token ids, each row through its own (leased) task's adapter and head:
-        [n_outputs] for sequence kinds, [tokens, n_outputs] for token-level kinds."""
+        [n_outputs] for sequence kinds, [tokens, n_outputs] for token-level kinds; on the CPU,
+        where decoding and metrics read them (one copy per batch from a GPU)."""
         # rows of one adapter version next to each other: each adapter's LoRA work and head
         # run on a view of its rows (a replace mid-batch gives two versions two places)
         order = sorted(range(len(tasks)), key=lambda i: tasks[i].place)
@@ -410,7 +442,7 @@ class MultiTaskModel:
             if any(t.spec.is_sequence for t in tasks):
                 dense = encoder.dense_module(self.arch, self.model)
                 shared = encoder.dense_activation(self.arch, dense(cls).float())  # [B, hidden]
-        out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
+        spans: list[tuple[ResidentTask, int, int, torch.Tensor]] = []
         start = 0
         while start < len(tasks):  # heads are small: one matmul per version in the batch
             t, end = tasks[start], start + 1
@@ -426,10 +458,13 @@ class MultiTaskModel:
             logits = feats @ t.head_weight.T
             if t.head_bias is not None:
                 logits = logits + t.head_bias
+            spans.append((t, start, end, logits))
+            start = end
+        out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
+        for (t, start, end, _), logits in zip(spans, _to_cpu([s[3] for s in spans])):
             for i in range(end - start):
                 row = order[start + i]
                 out[row] = logits[i] if t.spec.is_sequence else logits[i, : len(ids[start + i])]
-            start = end
         return out
 
     def run_rows(self, ids: list[list[int]], tasks: list[ResidentTask], max_rows: int | None = 64,
@@ -536,3 +571,11 @@ class MultiTaskModel:
     def logits(self, task: str, inputs: list[TextInput]) -> torch.Tensor:
         """Raw outputs [n, n_outputs] for one sequence-kind task's inputs."""
         return torch.stack(self.logits_mixed([(task, x) for x in inputs]))
+
+
+def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`tensors` on the CPU: from a GPU in one copy (one sync, not one per head), not K."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]

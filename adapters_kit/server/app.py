@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..adapters.meta import task_problems
 from ..adapters.store import AdapterStore
+from ..devices import choice_note
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel
 from ..kinds import kind_of
@@ -96,7 +97,7 @@ class Server:
     def engine_init(self, model: MultiTaskModel | None) -> None:
         config = self.config
         self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity,
-                                              precision=config.precision)
+                                              precision=config.precision, device=config.device)
         self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
         self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)))
         self.batcher = Batcher(self.cache, config, self.metrics)
@@ -406,7 +407,8 @@ def serve(config: ServeConfig) -> None:
               "Pass --keys FILE.toml to serve tenants.", file=sys.stderr, flush=True)
     names = srv.store.names()
     print(f"adapters-kit serve: {len(names)} adapters in {config.store}, base "
-          f"{config.backbone}; http://{config.host}:{config.port}/docs", file=sys.stderr,
+          f"{config.backbone} on {choice_note(config.device, srv.model.device)} "
+          f"({srv.model.precision}); http://{config.host}:{config.port}/docs", file=sys.stderr,
           flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port,
                                            log_level="warning", access_log=False,

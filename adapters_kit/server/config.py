@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..devices import device_problem
 from ..engine.model import PRECISIONS
 from ..errors import AdaptersKitError
 
@@ -74,8 +75,13 @@ class ServeConfig:
     HTTP side needs little (a profile under load put the engine thread at 95% of the server's
     samples), and on the 2-core machine 2 threads served 1.43x the requests of 1."""
     precision: str = "fp32"
-    """The engine's matmul precision: fp32 (matches plain peft within 1e-5) or bf16 (autocast;
-    about 2x faster matmuls on CPUs with bf16 units, outputs move by bf16 rounding)."""
+    """The engine's matmul precision: fp32 (matches plain peft within 1e-5), bf16 (autocast;
+    about 2x faster matmuls on CPUs with bf16 units, outputs move by bf16 rounding), or auto
+    (bf16 on a GPU that runs it natively, else fp32)."""
+    device: str = "auto"
+    """Where the engine runs: auto (a GPU when one is visible, else the CPU), cpu, cuda or
+    cuda:N. Only the name is checked here; the engine checks the GPU is there when it starts
+    (on Ray, on the replica's machine)."""
     capacity: int = 16
     """Initial adapter slots in the engine (it grows as needed)."""
     shutdown_grace_s: float = 30.0
@@ -88,7 +94,10 @@ class ServeConfig:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}; "
-                            "pass --precision fp32 (exact) or bf16 (faster)")
+                            "pass --precision fp32 (exact), bf16 (faster) or auto (per device)")
+        bad_device = device_problem(self.device)
+        if bad_device:
+            problems.append(f"{bad_device}; pass --device auto, cpu, cuda or cuda:N")
         if not self.store.is_dir():
             problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
                             "adapter directories (adapters-kit train ... --out DIR/TASK)")

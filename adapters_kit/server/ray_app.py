@@ -38,7 +38,7 @@ from ..engine.model import MultiTaskModel
 from . import admin
 from .app import Server, create_app, served_headers
 from .batcher import Batcher
-from .config import ServeConfig
+from .config import ServeConfig, ServeConfigError
 from .errors import ServeError
 from .metrics import ServerMetrics
 
@@ -55,7 +55,7 @@ class EngineReplica:
 
         torch.set_num_threads(config.torch_threads)
         self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
-                                    precision=config.precision)
+                                    precision=config.precision, device=config.device)
         self.cache = AdapterCache(self.model, AdapterStore(config.store), config.cache_bytes)
         self.batcher = Batcher(self.cache, config,
                                ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))
@@ -221,36 +221,70 @@ class Gateway:
         return create_app(self.config, server=self.server)
 
 
-def build(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0):
-    """The Ray Serve application: a gateway and `replicas` engine replicas."""
+def replica_options(config: ServeConfig, replica_cpus: float = 1.0,
+                    gpus_per_replica: float = 0.0) -> tuple[dict, ServeConfig]:
+    """What each engine replica asks Ray for, and the settings it runs with.
+
+    GPUs are a resource Ray hands out: a replica uses one only when it asked for one
+    (`gpus_per_replica`, a fraction such as 0.5 to share a GPU, or a whole number), and then
+    Ray makes it the replica's `cuda:0`. So `--device auto` means the GPU with GPUs asked for
+    and the CPU without, and `--device cuda` without GPUs asked for is refused."""
+    gpus = float(gpus_per_replica)
+    if not (gpus >= 0 and (gpus <= 1 or gpus.is_integer())):
+        raise ServeConfigError(f"--ray-gpus-per-replica {gpus_per_replica}: give a fraction "
+                               "of one GPU (e.g. 0.5, replicas then share it) or a whole number")
+    device = config.device.strip().lower()
+    if gpus and device == "cpu":
+        raise ServeConfigError(f"--ray-gpus-per-replica {gpus_per_replica} with --device cpu: "
+                               "the GPUs would sit idle; drop one of the two")
+    if not gpus and device.startswith("cuda"):
+        raise ServeConfigError(f"--device {config.device} on Ray needs GPUs for the replicas: "
+                               "add --ray-gpus-per-replica 1 (or a fraction), or use --device auto")
+    options = {"num_cpus": replica_cpus}
+    if gpus:
+        options["num_gpus"] = gpus
+    elif device == "auto":
+        config = replace(config, device="cpu")
+    return options, config
+
+
+def build(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0,
+          gpus_per_replica: float = 0.0):
+    """The Ray Serve application: a gateway and `replicas` engine replicas (each asking Ray
+    for `replica_cpus` CPUs and `gpus_per_replica` GPUs: see `replica_options`)."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     # replicas share the machine: each defaults to its share of the cores
     config = replace(config, torch_threads=config.engine_threads(replicas))
+    options, replica_config = replica_options(config, replica_cpus, gpus_per_replica)
     # Both deployments take many requests at once: the batcher's bounded queue answers 429,
     # and a replica that holds a task's adapter stays the router's choice under load.
     ongoing = config.queue_inputs
     grace = config.shutdown_grace_s
     engine = serve.deployment(EngineReplica, name="AdapterEngine", num_replicas=replicas,
                               max_ongoing_requests=ongoing, graceful_shutdown_timeout_s=grace,
-                              ray_actor_options={"num_cpus": replica_cpus})
+                              ray_actor_options=options)
     gateway = serve.deployment(Gateway, name="Gateway", num_replicas=1,
                                max_ongoing_requests=ongoing, graceful_shutdown_timeout_s=grace,
                                ray_actor_options={"num_cpus": 0})
-    return gateway.bind(config, engine.bind(config))
+    return gateway.bind(config, engine.bind(replica_config))
 
 
-def start(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0) -> None:
+def start(config: ServeConfig, replicas: int = 1, replica_cpus: float = 1.0,
+          gpus_per_replica: float = 0.0) -> None:
     """Deploy on the Ray instance this process is connected to (call `ray.init` first)."""
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build(config, replicas, replica_cpus), name=APP_NAME, route_prefix="/")
+    serve.run(build(config, replicas, replica_cpus, gpus_per_replica), name=APP_NAME,
+              route_prefix="/")
 
 
-def serve_ray(config: ServeConfig, replicas: int, address: str | None = None) -> None:
+def serve_ray(config: ServeConfig, replicas: int, address: str | None = None,
+              gpus_per_replica: float = 0.0) -> None:
     """Run on Ray until SIGTERM/SIGINT: join the cluster at `address` (or RAY_ADDRESS), or
     start a local Ray instance; then delete the application (and stop a local instance)."""
     import ray
 
+    replica_options(config, gpus_per_replica=gpus_per_replica)  # refused before Ray starts
     address = address or os.environ.get("RAY_ADDRESS") or None
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     if config.keys is None:
@@ -259,8 +293,9 @@ def serve_ray(config: ServeConfig, replicas: int, address: str | None = None) ->
               "Pass --keys FILE.toml to serve tenants.", file=sys.stderr, flush=True)
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     try:
-        start(config, replicas)
-        print(f"adapters-kit serve --ray: {replicas} engine replica(s) on {where}, store "
+        start(config, replicas, gpus_per_replica=gpus_per_replica)
+        gpus = f", {gpus_per_replica:g} GPU each" if gpus_per_replica else ", on the CPU"
+        print(f"adapters-kit serve --ray: {replicas} engine replica(s){gpus} on {where}, store "
               f"{config.store}, base {config.backbone}; http://{config.host}:{config.port}/docs",
               file=sys.stderr, flush=True)
         done = threading.Event()

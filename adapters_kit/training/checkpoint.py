@@ -23,7 +23,7 @@ from .config import ResolvedConfig
 FORMAT = 2
 """Bumped when the layout changes: a checkpoint of another format is ignored (a fresh start)."""
 STATE, OPTIMIZER, PROGRESS, BEST = "state.safetensors", "optimizer.json", "progress.json", "best.safetensors"
-KEY_LEAVES_OUT = ("progress", "resume", "overwrite", "threads", "baseline", "max_seconds")
+KEY_LEAVES_OUT = ("progress", "resume", "overwrite", "threads", "baseline", "max_seconds", "device")
 """Settings that do not change what is trained: a checkpoint stays valid across them."""
 
 
@@ -90,6 +90,8 @@ class Checkpoint:
         tensors, plain = optimizer_state(optimizer, parameter_names(params, optimizer))
         tensors.update({f"param/{n}": p.detach().clone() for n, p in params.items()})
         tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws here
+            tensors["rng/cuda"] = torch.cuda.get_rng_state()
         with atomic_directory(self.dir, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / STATE))
             (tmp / OPTIMIZER).write_text(json.dumps({"optimizer": plain,
@@ -118,6 +120,8 @@ class Checkpoint:
         load_optimizer_state(optimizer, tensors, plain["optimizer"])
         schedule.load_state_dict(plain["schedule"])
         torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng/cuda"])
         return progress
 
     def best(self) -> dict[str, torch.Tensor] | None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-import torch
-
 from ..backbones import DEFAULT_BACKBONE
-from ..errors import ConfigError, shown
+from ..devices import TRAINING_PRECISIONS, precision_problem, resolve_device, training_precision
+from ..errors import ConfigError, DeviceError, shown
 from ..tasks import TaskSpec
 
 CARD_DEFAULTS = ("epochs", "learning_rate", "batch_size", "rank", "lora_alpha", "lora_dropout",
@@ -45,9 +44,14 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     precision: str = "auto"
-    """Training matmul precision: `fp32`, `bf16` (autocast; weights and optimizer stay fp32), or
-    `auto`: bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, recent GPUs).
+    """Training matmul precision: `fp32`, `bf16` (autocast; weights and optimizer stay fp32),
+    `fp16` (CUDA only, with a grad scaler), or `auto`: on a GPU bf16 where it runs natively
+    (A100, H100, ...) else fp16; on the CPU bf16 where native (AVX512-BF16/AMX) else fp32.
     Evaluation and saved weights are always fp32."""
+    device: str = "auto"
+    """Where to train: `auto` (a GPU when one is visible, else the CPU; the choice is logged
+    and recorded), `cpu`, `cuda` or `cuda:N`. Under `accelerate launch` `auto` and `cuda`
+    mean each process's own GPU."""
     max_seconds: float | None = None
     """Stop training (keeping the best checkpoint so far) after this many seconds."""
     threads: int | None = None
@@ -67,10 +71,20 @@ class TrainConfig:
         elif self.class_weights == "none":
             values["class_weights"] = None
         problems = _problems(values)
+        try:
+            device = resolve_device(values["device"])
+        except DeviceError as e:
+            problems.append(str(e))
+        else:
+            values["device"] = str(device)
+            if values["precision"] in TRAINING_PRECISIONS:
+                values["precision"] = training_precision(values["precision"], device)
+                bad = precision_problem(values["precision"], device)
+                if bad:
+                    problems.append(bad)
         if problems:
             raise ConfigError("the training config is invalid (fix these TrainConfig fields or the "
                               "card's [defaults]):\n  - " + "\n  - ".join(problems))
-        values["precision"] = _native_precision(values["precision"])
         task = spec
         if (values["class_weights"], values["max_length"]) != (spec.class_weights, spec.max_length):
             # validated as a card's would be
@@ -105,7 +119,9 @@ class ResolvedConfig:
     warmup_ratio: float
     weight_decay: float
     precision: str
-    """`fp32` or `bf16` (`auto` decided)."""
+    """`fp32`, `bf16` or `fp16` (`auto` decided for the device)."""
+    device: str
+    """The device trained on, e.g. `cpu` or `cuda:0` (`auto` decided)."""
     max_seconds: float | None
     threads: int | None
     progress: bool
@@ -135,8 +151,8 @@ def _problems(v: dict) -> list[str]:
     out = []
     if v["head"] not in ("lora", "full"):
         out.append(f"head {shown(v['head'])} must be 'lora' or 'full'")
-    if v["precision"] not in ("auto", "fp32", "bf16"):
-        out.append(f"precision {shown(v['precision'])} must be 'auto', 'fp32' or 'bf16'")
+    if v["precision"] not in TRAINING_PRECISIONS:
+        out.append(f"precision {shown(v['precision'])} must be 'auto', 'fp32', 'bf16' or 'fp16'")
     for k, lo in (("batch_size", 1), ("rank", 1), ("lora_alpha", 1), ("evals_per_epoch", 1),
                   ("patience", 1), ("max_length", 8)):
         if not integer(v[k]) or v[k] < lo:
@@ -160,14 +176,3 @@ def _problems(v: dict) -> list[str]:
         if not number(v[k]) or not 0 <= v[k] < 1:
             out.append(f"{k} must be in [0, 1), got {shown(v[k])}")
     return out
-
-
-def _native_precision(precision: str) -> str:
-    """`auto` made concrete: bf16 where the CPU runs it natively, else fp32."""
-    if precision != "auto":
-        return precision
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return "bf16" if native else "fp32"

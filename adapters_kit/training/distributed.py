@@ -1,7 +1,8 @@
 """The few collective steps `train` needs when `accelerate launch` starts several processes.
 
 Under a launch of N > 1 processes (WORLD_SIZE > 1; on CPU `accelerate launch --multi_gpu
---num_processes N`, see the README) training runs as DDP through `accelerate` on CPU (gloo):
+--num_processes N`, see the README) training runs as DDP through `accelerate`: on the GPUs
+(NCCL, one per process) when the run's device is CUDA, else on the CPU (gloo):
 each process takes its share of every global batch, gradients are averaged by DDP, losses and
 dev outputs are reduced or gathered so that every process sees the figures a single process
 would, and only the main process writes files. Outside a launch every method is the identity,
@@ -19,9 +20,11 @@ import torch
 class Processes:
     """This process alone, or its place in a DDP group started by `accelerate launch`."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.accelerator = None
         self.rank, self.size = 0, 1
+        self.device = device or torch.device("cpu")
+        """Where this process trains: under a launch on GPUs, its own (`cuda:LOCAL_RANK`)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
             try:
@@ -29,9 +32,11 @@ class Processes:
             except ImportError as e:
                 raise ImportError(f"WORLD_SIZE={world}: training in several processes needs "
                                   "accelerate; pip install accelerate (or run one process)") from e
-            # The loop runs on CPU whatever the launch found (its batches and autocast are CPU's).
-            self.accelerator = Accelerator(cpu=True)
+            # CUDA: NCCL, each process on the GPU accelerate gives it; else gloo on the CPU
+            self.accelerator = Accelerator(cpu=self.device.type != "cuda")
             self.rank, self.size = self.accelerator.process_index, self.accelerator.num_processes
+            if self.device.type == "cuda":
+                self.device = self.accelerator.device
 
     @property
     def is_main(self) -> bool:
@@ -76,7 +81,8 @@ class Processes:
         """True on every process when it is true on one (decisions must agree, or DDP hangs)."""
         if self.accelerator is None:
             return flag
-        return bool(self.accelerator.reduce(torch.tensor([float(flag)]), "max") > 0)
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.device),
+                                            "max") > 0)
 
     def map_rows(self, fn, rows: list[list[int]]) -> list:
         """`fn(rows)` (one output per row, in order) with the rows shared out: every process

@@ -17,16 +17,18 @@ from .distributed import Processes
 def predict_outputs(model: torch.nn.Module, kind: Kind, ids: list[list[int]], pad_id: int,
                     batch_size: int = 128, sep_id: int | None = None) -> list[torch.Tensor]:
     """Raw outputs per row in input order ([n_outputs], or [tokens, n_outputs] for token-level
-    kinds, padding cut off), evaluated in length-sorted batches."""
+    kinds, padding cut off), evaluated in length-sorted batches on the model's device and
+    returned on the CPU (metrics and decoding run there)."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list = [None] * len(ids)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        input_ids, mask = collate([ids[i] for i in idx], pad_id)
+        input_ids, mask = collate([ids[i] for i in idx], pad_id, device)
         arch = model.config.model_type
-        logits = kind.outputs(model(**encoder.model_inputs(arch, input_ids, mask, sep_id)))
+        logits = kind.outputs(model(**encoder.model_inputs(arch, input_ids, mask, sep_id))).cpu()
         for row, i in enumerate(idx):
             out[i] = logits[row, : len(ids[i])] if kind.per_token else logits[row]
     model.train(was_training)

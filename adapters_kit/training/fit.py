@@ -98,7 +98,11 @@ class Fit:
     params: dict[str, torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    """Where the model is, and so where every batch, target and loss is made."""
     autocast: Callable
+    scaler: torch.amp.GradScaler | None
+    """fp16 training's loss scaler (None in fp32 and bf16, which need none)."""
     procs: Processes
     evaluate: DevEvaluator
     checkpoint: Checkpoint
@@ -117,7 +121,8 @@ class Fit:
         started = time.perf_counter() - state.seconds
         self.emit({"event": "start", "task": spec.name, "step": state.step, "total_steps": steps.total,
                    "train_rows": len(self.data.train_feats.ids), "dev_rows": len(self.data.dev_feats.ids),
-                   "metric": spec.metric, "class_weights": self.data.weights_used})
+                   "metric": spec.metric, "class_weights": self.data.weights_used,
+                   "device": str(self.device), "precision": run.precision})
         last_emit = time.perf_counter()
         lengths = [len(x) for x in self.data.train_feats.ids]
         while state.step < steps.total and not state.stopped_early:
@@ -151,17 +156,24 @@ class Fit:
         """One optimizer step on a global batch; its mean loss over every process's rows."""
         rows, weight = self.procs.share(batch)
         feats, kind = self.data.train_feats, self.kind
-        input_ids, mask = collate([feats.ids[i] for i in rows], self.data.pad)
+        input_ids, mask = collate([feats.ids[i] for i in rows], self.data.pad, self.device)
         with self.autocast():
             logits = kind.outputs(self.stepper(**encoder.model_inputs(self.arch, input_ids, mask,
                                                                       self.data.sep)))
-        loss = kind.loss(logits.float(), kind.batch_targets(feats, rows, input_ids.shape[1]),
-                         self.data.loss_weight)
+        targets = kind.batch_targets(feats, rows, input_ids.shape[1]).to(self.device)
+        loss = kind.loss(logits.float(), targets, self.data.loss_weight)
         if weight != 1.0:
             loss = loss * weight
-        self.procs.backward(loss)
+        scaler = self.scaler
+        self.procs.backward(loss if scaler is None else scaler.scale(loss))
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed, then adjusts the scale
+            scaler.step(self.optimizer)
+            scaler.update()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         return self.procs.mean(loss)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..devices import autocast, grad_scaler
 from ..kinds import kind_of
 from ..tasks import TaskSpec, get_task
 from .checkpoint import Checkpoint, run_key
@@ -22,7 +23,6 @@ from .fit import PROGRESS_SECONDS, EarlyStopping, Fit, FitState
 from .save import TrainResult, save
 from .setup import (
     Steps,
-    autocast,
     lora_config,
     optimizer_for,
     schedule_for,
@@ -46,6 +46,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     `on_progress` receives plain dicts on the main process: `{"event": "start", ...}`, then
     `"step"` (at most every `PROGRESS_SECONDS`), `"eval"` after each evaluation, and `"done"`.
 
+    `config.device` says where (`auto`: a GPU when one is visible); the device used is in the
+    `start` event, the result and `task.json`.
+
     Under `accelerate launch` with several processes this runs as DDP (see `distributed`):
     the global batch stays `batch_size`, every process returns the same metrics, and only the
     main process writes the checkpoints and the adapter.
@@ -58,7 +61,8 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
                               "--overwrite to replace it")
     if run.threads:
         torch.set_num_threads(run.threads)
-    procs = Processes()
+    procs = Processes(torch.device(run.device))
+    device = procs.device  # under a launch on GPUs: this process's own
     kind = kind_of(run.task)
 
     seed_everything(run.seed)
@@ -71,7 +75,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     # Seeded again: building a base's head folder the first time draws random numbers, and the
     # LoRA init must not depend on whether that cache was warm (nor on which process built it).
     seed_everything(run.seed)
-    model = with_lora(kind, base, backbone.arch, run)
+    model = with_lora(kind, base, backbone.arch, run).to(device)
     params = trainable(model)
     optimizer = optimizer_for(params, run)
     steps = Steps.plan(run, len(data.train_feats.ids))
@@ -87,8 +91,9 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
     evaluate = DevEvaluator(model, kind, data, procs)
     Fit(model=model, stepper=procs.wrap(model), arch=backbone.arch, kind=kind, data=data, run=run,
-        steps=steps, params=params, optimizer=optimizer, schedule=schedule,
-        autocast=autocast(run.precision), procs=procs, evaluate=evaluate, checkpoint=checkpoint,
+        steps=steps, params=params, optimizer=optimizer, schedule=schedule, device=device,
+        autocast=autocast(run.precision, device), scaler=grad_scaler(run.precision, device),
+        procs=procs, evaluate=evaluate, checkpoint=checkpoint,
         emit=emit).run_from(state, stop_after_step)
 
     return save(out_dir, model, state, kind=kind, run=run, data=data, evaluate=evaluate,

@@ -37,6 +37,8 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     """Never-predicted classes, a score below the baseline: also raised as `QualityWarning`s."""
     class_weights: dict[str, float] | None = None
+    device: str = "cpu"
+    """The device trained on (`TrainConfig.device` decided), e.g. `cuda:0`."""
 
     @property
     def examples_per_second(self) -> float:
@@ -47,7 +49,7 @@ class TrainResult:
                 "train_seconds": round(self.train_seconds, 2), "examples_seen": self.examples_seen,
                 "examples_per_second": round(self.examples_per_second, 1),
                 "adapter_bytes": self.adapter_bytes, "class_weights": self.class_weights,
-                "report": self.report, "warnings": self.warnings}
+                "report": self.report, "warnings": self.warnings, "device": self.device}
 
 
 def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, run: ResolvedConfig,
@@ -109,4 +111,5 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
     return TrainResult(path=out_dir, metrics=final, baseline=baseline, train_seconds=state.seconds,
                        examples_seen=state.seen, adapter_bytes=nbytes,
                        history={"evals": state.evals, "best_step": best_step, "losses": state.losses},
-                       report=report, warnings=notes, class_weights=data.weights_used)
+                       report=report, warnings=notes, class_weights=data.weights_used,
+                       device=run.device)

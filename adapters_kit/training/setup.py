@@ -1,9 +1,8 @@
-"""Setting a run up: seeds, precision, the model with LoRA (the kind's config), what trains,
+"""Setting a run up: seeds, the model with LoRA (the kind's config), what trains,
 the optimizer, the step plan and the learning-rate schedule."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import warnings
@@ -47,13 +46,6 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:  # pragma: no cover
         pass
-
-
-def autocast(precision: str):
-    """A factory of the autocast context for training steps (`precision`: `fp32` or `bf16`)."""
-    if precision == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def with_lora(kind: Kind, base: torch.nn.Module, arch: str, run: ResolvedConfig) -> torch.nn.Module:
