@@ -1,6 +1,8 @@
 """adapters_kit: many LoRA task adapters hot-swapped on one small encoder (DistilBERT or ALBERT)."""
 
 from .adapters.merge import merge_adapter
+from .adapters.portable import resolve_base
+from .adapters.remote import RemoteStore
 from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
 from .engine.cache import AdapterCache
@@ -29,6 +31,7 @@ __all__ = [
     "BackboneError",
     "DataError",
     "MultiTaskModel",
+    "RemoteStore",
     "TaskError",
     "TaskSpec",
     "TrainConfig",
@@ -42,6 +45,7 @@ __all__ = [
     "merge_adapter",
     "read_adapter",
     "register_task",
+    "resolve_base",
     "train",
 ]
 __version__ = "0.1.0"
