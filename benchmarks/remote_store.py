@@ -55,10 +55,11 @@ def free_port() -> int:
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom moto.server import ThreadedMotoServer\n"
+        "import logging, sys, time\nfrom moto.server import ThreadedMotoServer\n"
+        "logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
         f"s = ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False)\n"
         "s.start()\nprint('up', flush=True)\ntime.sleep(10**6)\n")],
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout.readline().strip() == "up"
     return proc, f"http://127.0.0.1:{port}"
 
@@ -210,7 +211,7 @@ def propagation(url: str, endpoint: str, base: str, adapters: list[Path], poll: 
         assert r.status_code == 200, r.text
 
         def digests() -> list[str]:
-            states = handle.broadcast("state").result(timeout_s=30)
+            states = handle.broadcast("state").results(timeout_s=30)
             return [s["resident"].get("task000") for s in states]
 
         assert len(digests()) == 2
