@@ -267,7 +267,14 @@ class RemoteStore(AdapterStore):
                 raise AdapterFileError(f"adapter {where} refused: {fname} is {size:,} bytes, more than "
                                        f"an adapter for this base can hold ({cap:,}); it is not "
                                        "this base's adapter. Nothing was loaded from it")
-        sums_data = self.fs.cat_file(f"{prefix}/{CHECKSUMS}")
+        # everything listed in one batch of concurrent GETs (the listing gave the names), then
+        # checked: checksums.json against the version key, every other file against it
+        wanted = [f for f in listing if _NAME.fullmatch(f)]
+        got = self.fs.cat([f"{prefix}/{f}" for f in wanted], on_error="return")
+        blobs = {f: got.get(f"{prefix}/{f}") for f in wanted}
+        sums_data = blobs.get(CHECKSUMS)
+        if not isinstance(sums_data, bytes):
+            raise FileNotFoundError(f"{where}/{CHECKSUMS}")
         if hashlib.sha256(sums_data).hexdigest() != version:
             raise AdapterFileError(f"object {where}/{CHECKSUMS} refused: it does not hash to its "
                                    "version key (corrupt or foreign); publish the adapter again")
@@ -278,15 +285,10 @@ class RemoteStore(AdapterStore):
         problems = meta.checksum_problems(sums)
         if problems:
             raise AdapterFileError(f"adapter {where} refused: {'; '.join(problems)}")
-        missing = [f for f in sums if f not in listing]
-        if missing:
-            raise FileNotFoundError(f"{where}/{missing[0]}")
-        keys = {f"{prefix}/{f}": f for f in sums}
-        got = self.fs.cat(list(keys), on_error="return")
         out = {CHECKSUMS: sums_data}
-        for key, fname in keys.items():
-            data = got.get(key)
-            if isinstance(data, FileNotFoundError) or data is None:
+        for fname in sums:  # objects checksums.json does not name are not this version's
+            data = blobs.get(fname)
+            if data is None or isinstance(data, FileNotFoundError):
                 raise FileNotFoundError(f"{where}/{fname}")
             if isinstance(data, BaseException):
                 raise OSError(f"cannot read {where}/{fname}: {data}")
