@@ -332,3 +332,40 @@ def test_server_serves_from_s3_and_swaps_while_serving(s3, versions, tiny_distil
         assert r.status_code == 503, r.text
         assert f"<store>/beta/versions/{d_beta}/{WEIGHTS}" in r.json()["error"]["message"]
         assert client.post("/v1/predict", json={"task": "alpha", "inputs": TEXTS}).status_code == 200
+
+
+def test_train_out_url_publishes_to_the_store(s3, tiny_distilbert, tmp_path, capsys):
+    from conftest import sentiment_rows, write_tsv
+
+    from adapters_kit import cli
+
+    card = tmp_path / "cli_sent.toml"
+    write_tsv(tmp_path / "train.tsv", ["text", "label"], sentiment_rows(48))
+    card.write_text('name = "cli_sent"\nlabels = ["neg", "pos"]\n[data]\ntrain = "train.tsv"\n'
+                    'dev_fraction = 0.25\n[defaults]\nepochs = 1\nbatch_size = 16\nrank = 4\n')
+    store = fresh_store(s3, tmp_path)
+    url = f"{store.url}/cli_sent"
+    args = ["train", str(card), "--backbone", tiny_distilbert, "--out", url, "--json"]
+    assert cli.main(args) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["path"] == url
+    files = store.read("cli_sent")
+    assert files.spec.name == "cli_sent" and files.task["metrics"] == trained["metrics"]
+    assert cli.main(args) == 2  # refused before any training: it exists
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_a_file_url_is_an_object_store_layout_on_local_disk(versions, tmp_path):
+    """`file://` gets the versioned layout (for a shared file system); a plain path stays the
+    folder store."""
+    url = f"file://{tmp_path / 'bucket'}"
+    store = AdapterStore(url, cache_dir=tmp_path / "cache")
+    assert isinstance(store, RemoteStore)
+    assert type(AdapterStore(tmp_path / "plain")) is AdapterStore
+    d1 = store.publish("alpha", versions["a1"])
+    d2 = store.publish("alpha", versions["a2"])
+    assert (tmp_path / "bucket" / "alpha" / "versions" / d1 / WEIGHTS).is_file()
+    assert json.loads((tmp_path / "bucket" / "alpha" / "CURRENT").read_text())["version"] == d2
+    assert store.names() == ["alpha"] and store.read("alpha").digest == d2
+    assert store.read_version("alpha", d1).digest == d1
+    assert store.gc("alpha", grace_s=0) == [d1] and store.versions("alpha") == [d2]
