@@ -138,8 +138,10 @@ store = RemoteStore(sys.argv[1], storage_options=json.loads(sys.argv[2]), cache_
 store.pointer("task000", fresh=True)  # the session up before the timed part
 print("ready", flush=True)
 sys.stdin.readline()
+import time
+t = time.perf_counter()
 store.publish("task000", sys.argv[4])
-print("done", flush=True)
+print("done", time.perf_counter() - t, flush=True)
 """
 
 
@@ -148,26 +150,30 @@ def kills(url: str, endpoint: str, adapters: list[Path], work: Path, trials: int
 
     store = RemoteStore(url, storage_options=options(endpoint), cache_dir=work / "kcache")
     store.publish("task000", adapters[0])
-    t = time.perf_counter()
-    store.publish("task000", adapters[1])
-    store.publish("task000", adapters[0])
-    span = (time.perf_counter() - t) / 2  # one publish, in-process
-    rng = random.Random(0)
-    partial, became_new, finished = 0, 0, 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for i in range(trials):
-        before = store.pointer("task000", fresh=True).version
-        source = adapters[2 + i % (len(adapters) - 2)]
+
+    def publisher(i: int, source: Path) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", _PUBLISHER, url, json.dumps(options(endpoint)),
                                  str(work / f"pub{i}"), str(source)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True, env=env)
         assert proc.stdout.readline().strip() == "ready"
         proc.stdin.write("go\n")
         proc.stdin.flush()
+        return proc
+
+    calibration = publisher(-1, adapters[1])  # one publish as the killed ones run it, whole
+    span = float(calibration.stdout.readline().split()[1])
+    calibration.wait()
+    rng = random.Random(0)
+    partial, became_new, finished = 0, 0, 0
+    for i in range(trials):
+        before = store.pointer("task000", fresh=True).version
+        source = adapters[2 + i % (len(adapters) - 2)]
+        proc = publisher(i, source)
         time.sleep(rng.uniform(0, 1.2 * span))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        finished += proc.stdout.read().strip() == "done"
+        finished += proc.stdout.read().startswith("done")
         reader = RemoteStore(url, storage_options=options(endpoint), cache_dir=work / f"check{i}")
         try:
             pointer = reader.pointer("task000", fresh=True)
@@ -184,6 +190,7 @@ def kills(url: str, endpoint: str, adapters: list[Path], work: Path, trials: int
           f"{partial} partial or torn current versions; {became_new} ended on the new version "
           f"(old version kept otherwise); {len(orphans)} versions collected by gc")
     return {"kill_trials": trials, "partial_versions": partial, "kills_new_version": became_new,
+            "kills_after_finish": finished,
             "publish_ms": round(span * 1e3, 1), "gc_collected": len(orphans)}
 
 
