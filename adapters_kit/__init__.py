@@ -1,6 +1,8 @@
 """adapters_kit: many LoRA task adapters hot-swapped on one small encoder (DistilBERT or ALBERT)."""
 
 from .adapters.merge import merge_adapter
+from .adapters.portable import resolve_base
+from .adapters.remote import RemoteStore
 from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
 from .devices import resolve_device
@@ -32,6 +34,7 @@ __all__ = [
     "DataError",
     "DeviceError",
     "MultiTaskModel",
+    "RemoteStore",
     "TaskError",
     "TaskSpec",
     "TrainConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "merge_adapter",
     "read_adapter",
     "register_task",
+    "resolve_base",
     "resolve_device",
     "train",
 ]

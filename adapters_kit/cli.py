@@ -100,7 +100,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = spec.with_data(args.data, args.dev_data)
     if args.encoding:
         spec = dataclasses.replace(spec, encoding=args.encoding)
-    out = Path(args.out or Path("adapters") / spec.name)
+    out_url = args.out if args.out and "://" in args.out else None
+    if out_url:  # trained into a local staging folder, then published (adapters.remote)
+        from .adapters.remote import staging_for
+
+        out = staging_for(out_url, spec.name, overwrite=args.overwrite)
+    else:
+        out = Path(args.out or Path("adapters") / spec.name)
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          batch_size=args.batch_size, rank=args.rank, targets=args.targets,
                          head=args.head, max_train_examples=args.max_train_examples,
@@ -113,6 +119,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(spec, out, config, on_progress=_progress_line if args.json else None)
     if not is_main_process():  # under `accelerate launch` the main process reports for all
         return 0
+    if out_url:
+        from .adapters.remote import publish_staged
+
+        publish_staged(out, out_url)
+        result.path = out = out_url
     if args.json:
         _print_json({"task": spec.name, "backbone": args.backbone, **result.to_dict()})
     else:
@@ -258,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 _SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int,
                  "max_request_rows": int, "queue_inputs": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
-                 "torch_threads": int}
+                 "torch_threads": int, "store_poll_s": float, "store_cache_bytes": int}
 
 
 def _device_flag(p: argparse.ArgumentParser, what: str = "where to run",
@@ -317,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weigh the loss by class (default: the card's class_weights, else none)")
     p.add_argument("--backbone", default="embedded-distilbert",
                    help="embedded-distilbert (default), embedded-albert, a hub name or a folder")
-    p.add_argument("--out", help="adapter directory to write (default: adapters/TASK)")
+    p.add_argument("--out", help="adapter directory to write (default: adapters/TASK), or a "
+                   "store URL to publish to (s3://bucket/prefix/TASK)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--rank", type=int)
@@ -371,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve every adapter in a store over HTTP (see README); "
                        "every setting may also come from ADAPTERS_KIT_<SETTING>, under the flags")
-    p.add_argument("--store", help="folder of adapter directories, one per task "
-                   "(or ADAPTERS_KIT_STORE)")
+    p.add_argument("--store", help="folder of adapter directories, one per task, or a store "
+                   "URL such as s3://bucket/prefix (or ADAPTERS_KIT_STORE)")
     p.add_argument("--backbone",
                    help="the base the adapters were trained on (default embedded-distilbert)")
     p.add_argument("--keys", help="TOML keys file: tenants, their keys and tasks, the admin key; "

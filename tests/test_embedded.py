@@ -59,6 +59,8 @@ def test_plain_peft_matches_cli_predict_on_the_embedded_base(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from adapters_kit import resolve_base
+
     out = tmp_path / "support_intent"
     cli = [sys.executable, "-m", "adapters_kit.cli"]
     subprocess.run([*cli, "train", "support_intent", "--out", str(out), "--epochs", "1",
@@ -70,11 +72,12 @@ def test_plain_peft_matches_cli_predict_on_the_embedded_base(tmp_path):
     ours = json.loads(proc.stdout)["predictions"]
 
     config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "embedded-distilbert"  # portable: a name
     labels = json.loads((out / "task.json").read_text())["task"]["labels"]
-    base = AutoModelForSequenceClassification.from_pretrained(
-        config["base_model_name_or_path"], num_labels=len(labels))
+    folder = resolve_base(out)  # that name as a base folder on this machine
+    base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(labels))
     model = PeftModel.from_pretrained(base, str(out)).eval()
-    tok = AutoTokenizer.from_pretrained(config["base_model_name_or_path"])
+    tok = AutoTokenizer.from_pretrained(folder)
     for text, pred in zip(texts, ours):
         with torch.no_grad():
             probs = model(**tok(text, return_tensors="pt")).logits.softmax(-1)[0]

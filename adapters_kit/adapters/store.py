@@ -69,6 +69,10 @@ def save_adapter(directory: Path, peft_model, task: dict, overwrite: bool = Fals
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         config = copy.deepcopy(peft_model.peft_config["default"])  # the caller's stays trainable
         config.inference_mode = True
+        from .portable import base_name  # a name that resolves on any machine (resolve_base)
+
+        config.base_model_name_or_path = base_name(task.get("backbone"),
+                                                   config.base_model_name_or_path)
         config.save_pretrained(str(tmp))
         state = get_peft_model_state_dict(peft_model)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS),
@@ -96,6 +100,26 @@ class AdapterFiles:
     spec: TaskSpec
     """The task card in task.json, validated."""
     _head: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    source: str | None = None
+    """Where the files came from when not `path` itself (a remote store's version URL)."""
+
+    @property
+    def where(self) -> str:
+        """What messages name: the remote key the files came from, else the local folder."""
+        return self.source or str(self.path)
+
+    @classmethod
+    def from_pretrained(cls, location: str | Path, **store_options) -> AdapterFiles:
+        """Read and verify an adapter from a directory or a store URL (`s3://bucket/prefix/task`)."""
+        from .portable import load_adapter
+
+        return load_adapter(location, **store_options)
+
+    def save_pretrained(self, location: str | Path, overwrite: bool = False, **store_options) -> str:
+        """Write these verified files to a directory, or publish them at a store URL."""
+        from .portable import save_adapter_files
+
+        return save_adapter_files(self, location, overwrite=overwrite, **store_options)
 
     @property
     def name(self) -> str:
@@ -278,7 +302,7 @@ def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
 def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint: str) -> None:
     """Refuse an adapter made for another base: fingerprint, module names and shapes."""
     if files.fingerprint != fingerprint:
-        raise _refuse(files.path, f"it was trained on base {files.fingerprint[:12]} "
+        raise _refuse(files.where, f"it was trained on base {files.fingerprint[:12]} "
                       f"({files.task['backbone'].get('name')}), not this base {fingerprint[:12]}",
                       "load it with the backbone it was trained on, or retrain it on this one")
     n_out = files.num_outputs
@@ -288,25 +312,25 @@ def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint:
         a, b = pairs[module]
         if module == files.head_name:  # the output layer is the task's own, not the base's
             if a.shape[1] != hidden or b.shape[0] != n_out:
-                raise _refuse(files.path, f"the {module} LoRA is {b.shape[0]}x{a.shape[1]} but "
+                raise _refuse(files.where, f"the {module} LoRA is {b.shape[0]}x{a.shape[1]} but "
                               f"this base and task need {n_out}x{hidden}",
                               "use the backbone the adapter was trained on")
             continue
         try:
             layer = model.get_submodule(module)
         except AttributeError:
-            raise _refuse(files.path, f"module {module} does not exist in this base",
+            raise _refuse(files.where, f"module {module} does not exist in this base",
                           "check the backbone and the target preset") from None
         layer = getattr(layer, "base", layer)
         if not isinstance(layer, torch.nn.Linear):
-            raise _refuse(files.path, f"module {module} is not a linear layer", "check the backbone")
+            raise _refuse(files.where, f"module {module} is not a linear layer", "check the backbone")
         if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
-            raise _refuse(files.path, f"LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the "
+            raise _refuse(files.where, f"LoRA for {module} is {b.shape[0]}x{a.shape[1]} but the "
                           f"base layer is {layer.out_features}x{layer.in_features}",
                           "use the backbone the adapter was trained on")
     w, bias = files.head()
     if tuple(w.shape) != (n_out, hidden) or (bias is not None and tuple(bias.shape) != (n_out,)):
-        raise _refuse(files.path, f"the {files.head_name} is {tuple(w.shape)} but this base and task need "
+        raise _refuse(files.where, f"the {files.head_name} is {tuple(w.shape)} but this base and task need "
                       f"({n_out}, {hidden})", "use the backbone the adapter was trained on")
 
 
@@ -316,6 +340,14 @@ class AdapterStore:
 
     root: Path
     checkpoints: Path = field(init=False)
+
+    def __new__(cls, *args, **kwargs):
+        root = args[0] if args else kwargs.get("root")
+        if cls is AdapterStore and isinstance(root, str) and "://" in root:
+            from .remote import RemoteStore  # `AdapterStore("s3://bucket/prefix")`
+
+            return RemoteStore(*args, **kwargs)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -329,6 +361,14 @@ class AdapterStore:
         (a killed PUT's copy, a killed training's checkpoint write)."""
         recover_directory(self.root)
         recover_directory(self.checkpoints)
+
+    def has(self, name: str) -> bool:
+        """True if the store holds an adapter named `name` (its task.json is there)."""
+        return (self.path(name) / TASK).is_file()
+
+    def exists(self, name: str) -> bool:
+        """True if anything (complete or not) sits under `name`."""
+        return self.path(name).is_dir()
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

@@ -228,6 +228,22 @@ class MultiTaskModel:
         self._lock = self.slots.lock
         self._head_bytes = 0  # heads of every version holding a slot, retired ones included
 
+    @classmethod
+    def from_pretrained(cls, *adapters: str | Path, backbone: str | Path | None = None,
+                        **kwargs) -> MultiTaskModel:
+        """An engine serving `adapters` (directories or store URLs such as
+        `s3://bucket/prefix/sst2`), on the base they name (or `backbone`); `kwargs` as for
+        the constructor."""
+        from ..adapters.portable import load_adapter
+
+        files = [load_adapter(a) for a in adapters]
+        if backbone is None and not files:
+            raise ValueError("from_pretrained needs an adapter location or a backbone")
+        model = cls(backbone or files[0].task["backbone"]["name"], **kwargs)
+        for f in files:
+            model.load(f)
+        return model
+
     @property
     def capacity(self) -> int:
         """Slots (ids) before the table grows; slot 0 means "no adapter"."""

@@ -3,7 +3,8 @@
 An install copies a verified source directory into the store through `atomic_directory`:
 the copy is verified again (checksums, base) before it takes the task's name in one rename,
 so a crash (even SIGKILL) at any point leaves the store with the old adapter or the new one,
-complete, never a partial one. Only then is a resident old version swapped for the new one;
+complete, never a partial one (a remote store: `RemoteStore.publish`, the same promise with
+a version key and a pointer). Only then is a resident old version swapped for the new one;
 requests running on the old version finish with it.
 """
 
@@ -39,6 +40,12 @@ def install(cache: AdapterCache, name: str, source: str | Path) -> str:
     limit = model.max_adapter_bytes()
     files = read_adapter(source, max_weight_bytes=limit)
     model.check(files)
+    if getattr(store, "remote", False):
+        # an object store: the version uploaded under its own key, then one pointer PUT; every
+        # replica polling the pointer swaps to it (RemoteStore.publish)
+        digest = store.publish(name, source)
+        cache.reload(name)
+        return digest
     listed = [*json.loads((source / CHECKSUMS).read_bytes()), CHECKSUMS]
     recover_directory(store.root)
     with atomic_directory(store.path(name), overwrite=True, keep_modes=True) as staged:

@@ -27,10 +27,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..adapters.meta import task_problems
-from ..adapters.store import AdapterStore
+from ..adapters.remote import open_store
 from ..devices import choice_note
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel
+from ..engine.watch import StoreWatcher
 from ..kinds import kind_of
 from ..tasks import SERVED_NAME_RULE, is_served_name
 from . import admin
@@ -88,7 +89,7 @@ class Server:
     def __init__(self, config: ServeConfig, model: MultiTaskModel | None = None) -> None:
         self.config = config
         self.tenants = Tenants.load(config.keys)
-        self.store = AdapterStore(config.store)
+        self.store = store_of(config)
         self.disabled: set[str] = set()  # unloaded by an admin: not served until loaded again
         self.admin_lock = asyncio.Lock()
         self.ready = False
@@ -102,6 +103,7 @@ class Server:
         self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)))
         self.batcher = Batcher(self.cache, config, self.metrics)
         self.served_by = f"{socket.gethostname()}:{os.getpid()}"
+        self.watcher = None  # a remote store's pointer poller, from start()
 
     def is_resident(self, name: str) -> bool:
         return name in self.model.tasks
@@ -109,14 +111,17 @@ class Server:
     def servable(self, name: str) -> bool:
         # a resident task stays servable while an admin replace swaps its store directory
         return (is_served_name(name) and name not in self.disabled
-                and (self.is_resident(name) or (self.store.path(name) / "task.json").is_file()))
+                and (self.is_resident(name) or self.store.has(name)))
 
     # -- the engine: what the Ray gateway forwards instead ----------------------------------------
 
     async def start(self) -> None:
         self.batcher.start()
+        self.watcher = StoreWatcher.for_store(self.cache, self.config.store_poll_s)
 
     async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         # uvicorn has already waited for in-flight requests; run anything still queued
         await run_in_threadpool(self.batcher.stop, self.config.shutdown_grace_s)
 
@@ -163,6 +168,14 @@ class Server:
             return None
         return TaskInfo(name=name, kind=spec.kind, labels=list(spec.labels),
                         input=kind_of(spec).describe_input(spec))
+
+
+def store_of(config: ServeConfig):
+    """The store `config` names: a local folder, or a remote store read through its cache."""
+    if not isinstance(config.store, str):
+        return open_store(config.store)
+    return open_store(config.store, cache_dir=config.store_cache,
+                      cache_bytes=config.store_cache_bytes, pointer_ttl_s=config.store_poll_s)
 
 
 def served_headers(served_by: str, warm: bool) -> dict[str, str]:
@@ -282,7 +295,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
                             digest=residents.get(name))
 
     def in_store(name: str) -> None:
-        if not (is_served_name(name) and (srv.store.path(name) / "task.json").is_file()):
+        if not (is_served_name(name) and srv.store.has(name)):
             raise ServeError(404, "unknown_adapter", f"no adapter {name!r} in the store; "
                              "GET /v1/admin/adapters lists them")
 

@@ -397,7 +397,7 @@ class Batcher:
         return _Prepared(job, task, items, rows)
 
     def _load_error(self, name: str, error: Exception) -> ServeError:
-        if isinstance(error, AdapterFileError) and not self.cache.store.path(name).is_dir():
+        if isinstance(error, AdapterFileError) and not self.cache.store.exists(name):
             return unknown_task()
         # the adapter's path on this machine is not the caller's business
         message = str(error).replace(str(self.cache.store.root), "<store>")

@@ -34,8 +34,9 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class ServeConfig:
-    store: Path
-    """Folder of adapter directories, one per task (the name of the folder is the task's name)."""
+    store: Path | str
+    """Folder of adapter directories, one per task (the name of the folder is the task's name);
+    or an fsspec URL of a remote store (`s3://bucket/prefix`, `gs://...`, `file://...`)."""
     backbone: str = "embedded-distilbert"
     """The base model every adapter in the store was trained on (a name or a model folder)."""
     keys: Path | None = None
@@ -86,9 +87,20 @@ class ServeConfig:
     """Initial adapter slots in the engine (it grows as needed)."""
     shutdown_grace_s: float = 30.0
     """On SIGTERM/SIGINT: how long in-flight requests may take to finish before the exit."""
+    store_poll_s: float = 2.0
+    """A remote store: how often the pointers of resident tasks are polled (a new version is
+    served within about this long) and how long a pointer read is trusted."""
+    store_cache: Path | None = None
+    """A remote store: the local cache folder of fetched versions (default: the adapters_kit
+    cache's `objects`)."""
+    store_cache_bytes: int = 2 << 30
+    """A remote store: the local cache's bound in bytes (least recently used versions go)."""
 
     def __post_init__(self) -> None:
-        self.store = Path(self.store)
+        remote = isinstance(self.store, str) and "://" in self.store
+        self.store = self.store if remote else Path(self.store)
+        if self.store_cache is not None:
+            self.store_cache = Path(self.store_cache)
         if self.keys is not None:
             self.keys = Path(self.keys)
         problems = []
@@ -98,7 +110,7 @@ class ServeConfig:
         bad_device = device_problem(self.device)
         if bad_device:
             problems.append(f"{bad_device}; pass --device auto, cpu, cuda or cuda:N")
-        if not self.store.is_dir():
+        if not remote and not self.store.is_dir():
             problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
                             "adapter directories (adapters-kit train ... --out DIR/TASK)")
         if self.keys is not None and not self.keys.is_file():

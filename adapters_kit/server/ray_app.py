@@ -12,7 +12,10 @@ Routing uses Ray Serve model multiplexing: the gateway sends each prediction wit
 and a task new to all replicas goes to the replica holding the fewest. Ray's own per-replica
 model cap is off: the replica's cache evicts by bytes, and Ray's list of the replica's models
 is trimmed to what the cache kept. Admin load, replace and unload reach every replica
-(`DeploymentHandle.broadcast`); the store is shared, so it must be one folder every replica sees.
+(`DeploymentHandle.broadcast`); the store is shared: one folder every replica sees, or an
+object store URL (`--store s3://bucket/prefix`), which each replica reads through its own
+local cache and whose pointers each replica polls (`StoreWatcher`), so a version published
+from anywhere is served by every replica within the poll interval.
 
 Every response to a prediction carries `X-Served-By` (the replica) and `X-Adapter-Warm` (the
 adapter was resident there before the request); the single-process server sends them too.
@@ -32,11 +35,11 @@ from dataclasses import asdict, replace
 
 from ray import serve
 
-from ..adapters.store import AdapterStore
 from ..engine.cache import AdapterCache, CacheStats
 from ..engine.model import MultiTaskModel
+from ..engine.watch import StoreWatcher
 from . import admin
-from .app import Server, create_app, served_headers
+from .app import Server, create_app, served_headers, store_of
 from .batcher import Batcher
 from .config import ServeConfig, ServeConfigError
 from .errors import ServeError
@@ -56,12 +59,13 @@ class EngineReplica:
         torch.set_num_threads(config.torch_threads)
         self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
                                     precision=config.precision, device=config.device)
-        self.cache = AdapterCache(self.model, AdapterStore(config.store), config.cache_bytes)
+        self.cache = AdapterCache(self.model, store_of(config), config.cache_bytes)
         self.batcher = Batcher(self.cache, config,
                                ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))
         self.batcher.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._evictions_seen = 0
+        self.watcher = StoreWatcher.for_store(self.cache, config.store_poll_s)
 
     def check_health(self) -> None:
         if not self.batcher.alive:
@@ -126,6 +130,9 @@ class EngineReplica:
 
     async def reload(self, name: str) -> None:
         """A resident `name` swaps to the store's current version (after an install)."""
+        store = self.cache.store
+        if getattr(store, "remote", False):  # the pointer as it is now, not as last polled
+            await asyncio.to_thread(store.refresh, name)
         await asyncio.to_thread(self.cache.reload, name)
 
     async def unload(self, name: str) -> None:
@@ -134,6 +141,7 @@ class EngineReplica:
 
     async def state(self) -> dict:
         return {"replica": self.replica, "alive": self.batcher.alive,
+                "swaps": 0 if self.watcher is None else self.watcher.swaps,
                 "resident": {n: t.digest for n, t in list(self.model.tasks.items())},
                 "stats": asdict(self.cache.stats)}
 
