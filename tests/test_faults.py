@@ -266,7 +266,7 @@ def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
     queue's estimate admits both), then the engine is held until the short one has 0.6 s
     left, as a cold load or a busy machine would hold it. Run together, the short one would come back past its
     deadline; it is shed with 429 and Retry-After when it is taken, and the long one is
-    answered. Then a short request with a 0.8 s deadline, and a long one after it: the long one
+    answered. Then a short request with a 1.5 s deadline, and a longer one (80 rows) after it: the long one
     would make the batch late for the short one, so it is carried over to the next batch, and
     both are answered, the short one in time."""
     import asyncio
@@ -306,9 +306,9 @@ def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
                 break
             await asyncio.sleep(0.05)
         with model.paused():
-            c_end, d_end = now() + 0.8, now() + 30
+            c_end, d_end = now() + 1.5, now() + 30
             c = batcher.submit("tiny_sentiment", short, c_end)
-            d = batcher.submit("tiny_sentiment", long, d_end)
+            d = batcher.submit("tiny_sentiment", long * 2, d_end)  # at least 2 s of forwards
         second = [await outcome(c, c_end), await outcome(d, d_end)]
         return first, second
 
@@ -317,7 +317,7 @@ def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(
     finally:
         batcher.stop(10)
     assert first == [("ok", 40, True), (429, "overloaded", "1")], first
-    assert second == [("ok", 2, True), ("ok", 40, True)], second
+    assert second == [("ok", 2, True), ("ok", 80, True)], second
 
 
 def test_work_that_cannot_finish_before_its_deadline_is_refused_with_429_at_the_door(
