@@ -17,6 +17,7 @@ from .errors import (
 )
 from .tasks import TaskSpec, get_task, list_tasks, load_card, register_task
 from .training.loop import TrainConfig, TrainResult, train
+from .training.many import TrainJob, train_many
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -32,6 +33,7 @@ __all__ = [
     "TaskError",
     "TaskSpec",
     "TrainConfig",
+    "TrainJob",
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
@@ -43,5 +45,6 @@ __all__ = [
     "read_adapter",
     "register_task",
     "train",
+    "train_many",
 ]
 __version__ = "0.1.0"

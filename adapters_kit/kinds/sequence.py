@@ -11,7 +11,7 @@ import torch
 
 from ..data import load_eval_split, load_splits, tokenize
 from ..errors import DataError
-from . import Features, Kind, Row, shown
+from . import Features, Kind, Row, lora_variants, shown
 
 
 class SequenceKind(Kind):
@@ -28,7 +28,7 @@ class SequenceKind(Kind):
         from ..backbones import HEAD_DENSE, target_modules
 
         common = {"r": cfg.rank, "lora_alpha": cfg.lora_alpha,
-                  "lora_dropout": cfg.lora_dropout,
+                  "lora_dropout": cfg.lora_dropout, **lora_variants(cfg),
                   "target_modules": target_modules(arch, cfg.targets, cfg.head, pooled=True)}
         if cfg.head == "lora":
             # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its
