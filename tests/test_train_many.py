@@ -131,3 +131,31 @@ def test_passes_group_batches_of_like_length_within_the_token_budget():
     assert sorted(i for p in passes for i in p) == list(range(5))
     assert passes == [[0, 1, 3], [2, 4]]
     assert plan_passes(widths, max_tokens=16 * 20) == [[i] for i in (0, 1, 3, 2, 4)]
+
+
+def test_cli_train_many_writes_each_adapter_under_out(tiny_distilbert, tmp_path, capsys):
+    from conftest import sentiment_rows, write_tsv
+
+    from adapters_kit.cli import main
+
+    write_tsv(tmp_path / "train.tsv", ["text", "label"], sentiment_rows(64))
+    cards = []
+    for name, lr in (("cli_a", "5e-3"), ("cli_b", "1e-2")):
+        card = tmp_path / f"{name}.toml"
+        card.write_text(f'name = "{name}"\nlabels = ["neg", "pos"]\n[data]\ntrain = "train.tsv"\n'
+                        f'dev_fraction = 0.25\n[defaults]\nepochs = 1\nlearning_rate = {lr}\n'
+                        'batch_size = 16\nrank = 4\n')
+        cards.append(str(card))
+    out = tmp_path / "adapters"
+    assert main(["train-many", *cards, "--out", str(out), "--backbone", tiny_distilbert,
+                 "--rslora", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert set(result["tasks"]) == {"cli_a", "cli_b"}
+    for name in ("cli_a", "cli_b"):
+        assert result["tasks"][name]["path"] == str(out / name)
+        assert json.loads((out / name / "adapter_config.json").read_text())["use_rslora"] is True
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert {e["task"] for e in events} == {"cli_a", "cli_b"}
+    assert main(["train-many", *cards, "--out", str(out), "--backbone", tiny_distilbert]) == 2
+    assert "--overwrite" in capsys.readouterr().err
