@@ -43,7 +43,8 @@ def variants(tiny_distilbert, tmp_path_factory):
     train_file = write_tsv(root / "data" / "train.tsv", ["text", "label"], sentiment_rows(96))
     out = {}
     for name, kw in {"plain": {}, "rslora": {"use_rslora": True},
-                     "loraplus": {"loraplus_lr_ratio": 16.0}, "dora": {"use_dora": True, "head": "full"}}.items():
+                     "loraplus": {"loraplus_lr_ratio": 16.0},
+                     "dora": {"use_dora": True, "head": "full"}}.items():
         spec = TaskSpec(name=f"senti_{name}", labels=["neg", "pos"], train=str(train_file),
                         epochs=1, learning_rate=1e-2, batch_size=16, max_length=32, rank=4,
                         lora_alpha=16, targets="all-linear")
