@@ -146,7 +146,7 @@ def build_tasks(shared: Path, folder: Path, scale: float, floor: int = 120,
 
 # -- one arm, in its own process --------------------------------------------------------------
 
-def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None) -> dict:
+def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threads: int) -> dict:
     import warnings
 
     from adapters_kit import TaskSpec, TrainConfig, TrainJob, train, train_many
@@ -177,7 +177,7 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None) -> di
     timed(loop.Prepared, "finish", "save (baseline, report, files)")
 
     specs = [TaskSpec(**c) for c in cards]
-    config = TrainConfig(progress=False, seed=0, evals_per_epoch=1, dropout=dropout)
+    config = TrainConfig(progress=False, seed=0, evals_per_epoch=1, dropout=dropout, threads=threads)
     t0 = time.perf_counter()
 
     def shown(event: dict, name: str | None = None) -> None:
@@ -214,6 +214,9 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout override for both arms (default 0: see the README section)")
     p.add_argument("--keep-dropout", action="store_true", help="keep the model's own dropout")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in both arms (default 1: on a machine shared with other "
+                   "work, two OpenMP threads waiting on each other ran many times slower)")
     p.add_argument("--arm", choices=["together", "sequential"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -221,7 +224,7 @@ def main() -> None:
     if args.arm:
         work = Path(args.work)
         cards = json.loads((work / "tasks.json").read_text())
-        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout)), flush=True)
+        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads)), flush=True)
         return
 
     shared = require_shared("ag_news", "test.csv")
@@ -235,7 +238,8 @@ def main() -> None:
         _warm(cards)
         arms = {}
         for arm in ("together", "sequential"):
-            cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work)]
+            cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work),
+                   "--threads", str(args.threads)]
             cmd += ["--keep-dropout"] if args.keep_dropout else ["--dropout", str(args.dropout)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress: stderr
             if done.returncode != 0:
