@@ -146,7 +146,8 @@ def build_tasks(shared: Path, folder: Path, scale: float, floor: int = 120,
 
 # -- one arm, in its own process --------------------------------------------------------------
 
-def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threads: int) -> dict:
+def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threads: int,
+            pass_tokens: int | None = None) -> dict:
     import warnings
 
     from adapters_kit import TaskSpec, TrainConfig, TrainJob, train, train_many
@@ -156,6 +157,8 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     from adapters_kit.training.fit import Fit
 
     warnings.simplefilter("ignore", QualityWarning)
+    if pass_tokens:
+        many.PASS_TOKENS = pass_tokens
     phases: dict[str, float] = defaultdict(float)
 
     def timed(owner, attr, phase):
@@ -194,7 +197,7 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     phases["total"] = seconds
     phases["steps (forward, backward, update)"] = seconds - sum(
         v for k, v in phases.items() if k in ("evaluate+checkpoint", "set-up (data, model, LoRA)",
-                                              "save (baseline, report, files)", "total"))
+                                              "save (baseline, report, files)"))
     return {"arm": arm, "seconds": seconds, "phases": dict(phases),
             "metrics": {s.name: results[s.name].metrics[s.metric] for s in specs},
             "metric_names": {s.name: s.metric for s in specs},
@@ -217,6 +220,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in both arms (default 1: on a machine shared with other "
                    "work, two OpenMP threads waiting on each other ran many times slower)")
+    p.add_argument("--pass-tokens", type=int,
+                   help="most padded positions in one shared pass (default: train_many's)")
     p.add_argument("--arm", choices=["together", "sequential"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -224,7 +229,8 @@ def main() -> None:
     if args.arm:
         work = Path(args.work)
         cards = json.loads((work / "tasks.json").read_text())
-        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads)), flush=True)
+        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads,
+                                 args.pass_tokens)), flush=True)
         return
 
     shared = require_shared("ag_news", "test.csv")
@@ -240,6 +246,7 @@ def main() -> None:
         for arm in ("together", "sequential"):
             cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work),
                    "--threads", str(args.threads)]
+            cmd += ["--pass-tokens", str(args.pass_tokens)] if args.pass_tokens else []
             cmd += ["--keep-dropout"] if args.keep_dropout else ["--dropout", str(args.dropout)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress: stderr
             if done.returncode != 0:

@@ -198,7 +198,7 @@ def _step(ready: list[_Member], shared: SharedEncoder, arch: str) -> list[float]
     widths = [(len(m.batch), max(len(m.job.fit.data.train_feats.ids[i]) for i in m.batch))
               for m in ready]
     device = shared.model.get_input_embeddings().weight.device
-    for group in plan_passes(widths):
+    for group in plan_passes(widths, PASS_TOKENS, PAD_SLACK):
         members = [ready[i] for i in group]
         ids, groups, start = [], [], 0
         for m in members:
