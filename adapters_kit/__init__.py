@@ -21,6 +21,7 @@ from .errors import (
 )
 from .tasks import TaskSpec, get_task, list_tasks, load_card, register_task
 from .training.loop import TrainConfig, TrainResult, train
+from .training.many import TrainJob, train_many
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -38,6 +39,7 @@ __all__ = [
     "TaskError",
     "TaskSpec",
     "TrainConfig",
+    "TrainJob",
     "TrainResult",
     "TrainingError",
     "TrainingInterrupted",
@@ -51,5 +53,6 @@ __all__ = [
     "resolve_base",
     "resolve_device",
     "train",
+    "train_many",
 ]
 __version__ = "0.1.0"

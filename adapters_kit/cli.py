@@ -113,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
                          class_weights=args.class_weights, device=str(_device(args)),
+                         **_variants(args),
                          resume=not args.no_resume, progress=not args.json)
     with warnings.catch_warnings():  # reported below, once, as the output format wants
         warnings.simplefilter("ignore", QualityWarning)
@@ -137,6 +138,52 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_report(result.report)
         _warn(result.warnings)
     return 0
+
+
+def _variants(args: argparse.Namespace) -> dict:
+    """The LoRA variant flags as TrainConfig fields."""
+    return {"use_rslora": args.rslora, "use_dora": args.dora,
+            "loraplus_lr_ratio": args.loraplus_lr_ratio}
+
+
+def cmd_train_many(args: argparse.Namespace) -> int:
+    from .tasks import get_task
+    from .training.loop import TrainConfig
+    from .training.many import TrainJob, train_many
+
+    specs = [get_task(t) for t in args.tasks]
+    config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
+                         batch_size=args.batch_size, rank=args.rank, targets=args.targets,
+                         head=args.head, max_train_examples=args.max_train_examples,
+                         seed=args.seed, overwrite=args.overwrite, precision=args.precision,
+                         threads=args.threads, dropout=args.dropout, **_variants(args),
+                         device=str(_device(args)), resume=not args.no_resume,
+                         progress=not args.json)
+    out = Path(args.out)
+    with warnings.catch_warnings():  # reported below, once per task
+        warnings.simplefilter("ignore", QualityWarning)
+        results = train_many([TrainJob(s, out / s.name, config) for s in specs],
+                             on_progress=_progress_line if args.json else None)
+    if args.json:
+        _print_json({"backbone": args.backbone,
+                     "tasks": {name: r.to_dict() for name, r in results.items()}})
+        return 0
+    for spec in specs:
+        r = results[spec.name]
+        base = r.baseline.get(spec.metric)
+        print(f"{spec.name}: dev {spec.metric} {r.metrics[spec.metric]:.4f}"
+              + (f" (TF-IDF baseline {base:.4f})" if base is not None else "")
+              + f"; adapter {r.adapter_bytes:,} bytes -> {r.path}")
+        _warn([f"{spec.name}: {w}" for w in r.warnings])
+    return 0
+
+
+def _variant_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rslora", action="store_true", help="rsLoRA: scale by alpha / sqrt(rank)")
+    p.add_argument("--loraplus-lr-ratio", type=float, metavar="RATIO",
+                   help="LoRA+: train the B factors at --lr x RATIO (e.g. 16)")
+    p.add_argument("--dora", action="store_true", help="DoRA (plain peft serves it; the engine "
+                   "refuses it); sequence tasks need --head full")
 
 
 def _print_report(report: dict) -> None:
@@ -352,7 +399,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore an interrupted run's checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (an "
                    "error too); progress goes to stderr as JSON lines")
+    _variant_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-many", help="train many task adapters together on one shared base")
+    p.add_argument("tasks", nargs="+", metavar="CARD_OR_TASK",
+                   help="registered task names or paths to .toml task cards")
+    p.add_argument("--out", required=True, help="folder of the adapters (each in OUT/TASK)")
+    p.add_argument("--backbone", default="embedded-distilbert")
+    p.add_argument("--epochs", type=float, help="for every task (default: each card's)")
+    p.add_argument("--lr", type=float, help="learning rate for every task (default: each card's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--targets", choices=["qv", "attention", "all-linear"])
+    p.add_argument("--head", choices=["lora", "full"], default="lora")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_thread_count)
+    p.add_argument("--overwrite", action="store_true", help="replace existing adapters")
+    p.add_argument("--no-resume", action="store_true", help="ignore interrupted runs' checkpoints")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout; progress as "
+                   "JSON lines (each with its task) on stderr")
+    _variant_flags(p)
+    _device_flag(p)
+    p.set_defaults(func=cmd_train_many)
 
     p = sub.add_parser("eval", help="score an adapter on its dev/test split or a data file")
     p.add_argument("adapter_dir")

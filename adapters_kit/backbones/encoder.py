@@ -23,11 +23,15 @@ def model_inputs(arch: str, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return out
 
 
+def encoder_module(arch: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder inside a transformers head model (ALBERT's includes its pooler)."""
+    return model.distilbert if arch == "distilbert" else model.albert
+
+
 def encoder_hidden(arch: str, model: torch.nn.Module, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor, sep_id: int | None = None) -> torch.Tensor:
     """Every token's final hidden state [B, T, hidden], as the HF token and QA heads read it."""
-    encoder = model.distilbert if arch == "distilbert" else model.albert
-    return encoder(**model_inputs(arch, input_ids, attention_mask, sep_id))[0]
+    return encoder_module(arch, model)(**model_inputs(arch, input_ids, attention_mask, sep_id))[0]
 
 
 def dense_activation(arch: str, x: torch.Tensor) -> torch.Tensor:

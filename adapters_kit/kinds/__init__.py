@@ -187,10 +187,16 @@ class WholeHeadKind(Kind):
         from ..backbones import target_modules
 
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha,
-                          lora_dropout=cfg.lora_dropout,
+                          lora_dropout=cfg.lora_dropout, **lora_variants(cfg),
                           target_modules=target_modules(arch, cfg.targets, cfg.head, pooled=False),
                           task_type=getattr(TaskType, self.peft_task_type) if cfg.head == "full"
                           else None, modules_to_save=[self.head])
+
+
+def lora_variants(cfg) -> dict[str, bool]:
+    """The LoRA variants a training config asks for (rsLoRA, DoRA), as LoraConfig takes them."""
+    return {"use_rslora": bool(getattr(cfg, "use_rslora", False)),
+            "use_dora": bool(getattr(cfg, "use_dora", False))}
 
 
 # The one table of kind names: the built-in kinds, imported on first use (a kind module needs

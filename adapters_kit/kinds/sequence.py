@@ -11,7 +11,7 @@ import torch
 
 from ..data import load_eval_split, load_splits, tokenize
 from ..errors import DataError
-from . import Features, Kind, Row, shown
+from . import Features, Kind, Row, lora_variants, shown
 
 
 class SequenceKind(Kind):
@@ -28,9 +28,16 @@ class SequenceKind(Kind):
         from ..backbones import HEAD_DENSE, target_modules
 
         common = {"r": cfg.rank, "lora_alpha": cfg.lora_alpha,
-                  "lora_dropout": cfg.lora_dropout,
+                  "lora_dropout": cfg.lora_dropout, **lora_variants(cfg),
                   "target_modules": target_modules(arch, cfg.targets, cfg.head, pooled=True)}
         if cfg.head == "lora":
+            if common["use_dora"]:
+                from ..errors import TrainingError
+
+                raise TrainingError(
+                    "use_dora needs head='full' for this task kind: the 'lora' head's classifier "
+                    "is a LoRA over a zero base layer, which DoRA cannot normalise (its weight "
+                    "norm is 0, and training gives NaN); pass head='full' (--head full)")
             # No task type: peft's SEQ_CLS would add "classifier" to modules_to_save, and its
             # suffix match also catches DistilBERT's pre_classifier, saving a dim x dim matrix per
             # adapter. The classifier is a LoRA over a zero base instead; its rank must reach the

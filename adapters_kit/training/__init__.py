@@ -1,10 +1,13 @@
 """Training: `loop.train` is the recipe (resolve the config, read the data, set up, restore, fit,
 save), over `config` (TrainConfig and the resolved config), `data`, `setup` (model with LoRA,
 optimizer, schedule), `checkpoint` (resume state), `fit` (the step loop, early stopping),
-`evaluate` and `save`; DDP under accelerate (`distributed`) and the figures (`plots`)."""
+`evaluate` and `save`; `many.train_many` trains many tasks in one pass over one shared
+base (`routing`); DDP under accelerate (`distributed`) and the figures (`plots`)."""
 
 from ..errors import TrainingInterrupted
 from .config import ResolvedConfig, TrainConfig
 from .loop import TrainResult, lora_config, train
+from .many import TrainJob, train_many
 
-__all__ = ["ResolvedConfig", "TrainConfig", "TrainResult", "TrainingInterrupted", "lora_config", "train"]
+__all__ = ["ResolvedConfig", "TrainConfig", "TrainResult", "TrainingInterrupted", "TrainJob",
+           "lora_config", "train", "train_many"]

@@ -32,6 +32,15 @@ class TrainConfig:
     head: str = "lora"
     """`lora`: the head's dense layer stays frozen and gets a LoRA update (small files).
     `full`: the dense layer is trained and saved whole (the naive design, for comparison)."""
+    use_rslora: bool = False
+    """rsLoRA: scale the LoRA product by lora_alpha / sqrt(rank) instead of lora_alpha / rank
+    (steadier at high ranks). Served by the engine like any LoRA."""
+    loraplus_lr_ratio: float | None = None
+    """LoRA+: train the B factors at learning_rate x this ratio (the paper suggests 16). The
+    saved adapter is plain LoRA."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA): plain peft loads and runs these adapters; the serving
+    engine refuses them, since it computes plain LoRA only."""
     dropout: float | None = None
     """Override every dropout of the backbone and head during training (None keeps the model's)."""
     max_train_examples: int | None = None
@@ -109,6 +118,9 @@ class ResolvedConfig:
     targets: str | list[str]
     max_length: int
     head: str
+    use_rslora: bool
+    loraplus_lr_ratio: float | None
+    use_dora: bool
     dropout: float | None
     max_train_examples: int | None
     class_weights: str | dict[str, float] | None
@@ -161,6 +173,13 @@ def _problems(v: dict) -> list[str]:
         if v[k] is not None and (not integer(v[k]) or v[k] < 1):
             out.append(f"{k} {shown(v[k])} must be at least 1 (or None for "
                        + ("all cores)" if k == "threads" else "every row)"))
+    for k in ("use_rslora", "use_dora"):
+        if not isinstance(v[k], bool):
+            out.append(f"{k} must be True or False, got {shown(v[k])}")
+    ratio = v["loraplus_lr_ratio"]
+    if ratio is not None and (not number(ratio) or not ratio > 0):
+        out.append(f"loraplus_lr_ratio must be a positive number such as 16 (or None for plain "
+                   f"LoRA), got {shown(ratio)}")
     if not integer(v["seed"]):
         out.append(f"seed must be an integer, got {shown(v['seed'])}")
     for k in ("epochs", "learning_rate"):

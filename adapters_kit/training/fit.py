@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -84,6 +85,15 @@ class FitState:
 
 
 @dataclass
+class Pace:
+    """A running fit's progress bar, start time and last progress event."""
+
+    bar: Any
+    started: float
+    last_emit: float
+
+
+@dataclass
 class Fit:
     """Everything a fit runs on. `model` evaluates and is saved; `stepper` (DDP's wrapper of
     it, or itself) takes the training steps."""
@@ -111,61 +121,102 @@ class Fit:
     def run_from(self, state: FitState, stop_after_step: int | None = None) -> None:
         """Train from `state` until the last step, early stopping, the time budget, or
         `stop_after_step` (then raise TrainingInterrupted, the checkpoint left to resume)."""
+        pace = self.begin(state)
+        for batch in self.batches(state):
+            loss = self._step(batch)
+            if self.advance(state, pace, batch, loss, stop_after_step):
+                break
+        self.end(state, pace)
+
+    # The loop's parts, which `train_many` drives for many fits at once.
+
+    def begin(self, state: FitState, show_bar: bool = True) -> Pace:
+        """Start (or resume) the fit: its progress bar, clock and `start` event."""
         from tqdm.auto import tqdm
 
         run, steps, procs, spec = self.run, self.steps, self.procs, self.data.spec
         if procs.size > 1:  # each process its own dropout masks, as it has its own rows
             torch.manual_seed(run.seed * 1_000_003 + procs.rank * 1009 + state.step)
-        bar = tqdm(total=steps.total, initial=state.step, disable=not (run.progress and procs.is_main),
+        bar = tqdm(total=steps.total, initial=state.step,
+                   disable=not (show_bar and run.progress and procs.is_main),
                    desc=f"train {spec.name}", unit="step", dynamic_ncols=True)
         started = time.perf_counter() - state.seconds
         self.emit({"event": "start", "task": spec.name, "step": state.step, "total_steps": steps.total,
                    "train_rows": len(self.data.train_feats.ids), "dev_rows": len(self.data.dev_feats.ids),
                    "metric": spec.metric, "class_weights": self.data.weights_used,
                    "device": str(self.device), "precision": run.precision})
-        last_emit = time.perf_counter()
+        return Pace(bar=bar, started=started, last_emit=time.perf_counter())
+
+    def batches(self, state: FitState) -> Iterator[list[int]]:
+        """The batches still to train on, epoch after epoch from `state.step`: the caller
+        `advance`s the state after each one."""
+        run, steps = self.run, self.steps
         lengths = [len(x) for x in self.data.train_feats.ids]
         while state.step < steps.total and not state.stopped_early:
             epoch, offset = divmod(state.step, steps.per_epoch)
             batches = length_grouped_batches(lengths, run.batch_size, seed=run.seed * 1000 + epoch)
             for batch in batches[offset:]:
-                loss = self._step(batch)
-                state.step += 1
-                state.seen += len(batch)
-                state.losses.append((state.step, loss))
-                bar.update(1)
-                if time.perf_counter() - last_emit >= PROGRESS_SECONDS:
-                    last_emit = time.perf_counter()
-                    self.emit({"event": "step", "step": state.step, "total_steps": steps.total,
-                               "loss": round(loss, 5), "seconds": round(last_emit - started, 1)})
-                over_time = run.max_seconds is not None and procs.any(
-                    time.perf_counter() - started + self.evaluate.seconds >= run.max_seconds)
-                if state.step % steps.eval_every == 0 or state.step == steps.total or over_time:
-                    self._evaluate(state, loss, started, bar)
-                    state.stopped_early = state.stopping.should_stop or over_time
-                if stop_after_step is not None and state.step >= stop_after_step:
-                    bar.close()
-                    procs.wait()  # the main process's checkpoint is complete before any exits
-                    raise self._interrupted(state.step, stop_after_step)
+                yield batch
                 if state.stopped_early or state.step >= steps.total:
-                    break
-        bar.close()
-        state.seconds = time.perf_counter() - started
+                    return
+
+    def advance(self, state: FitState, pace: Pace, batch: list[int], loss: float,
+                stop_after_step: int | None = None) -> bool:
+        """Count a step taken on `batch`: report, evaluate and checkpoint when due; True when
+        the fit is over (last step, early stopping, time budget)."""
+        run, steps, procs = self.run, self.steps, self.procs
+        state.step += 1
+        state.seen += len(batch)
+        state.losses.append((state.step, loss))
+        pace.bar.update(1)
+        if time.perf_counter() - pace.last_emit >= PROGRESS_SECONDS:
+            pace.last_emit = time.perf_counter()
+            self.emit({"event": "step", "step": state.step, "total_steps": steps.total,
+                       "loss": round(loss, 5), "seconds": round(pace.last_emit - pace.started, 1)})
+        over_time = run.max_seconds is not None and procs.any(
+            time.perf_counter() - pace.started + self.evaluate.seconds >= run.max_seconds)
+        if state.step % steps.eval_every == 0 or state.step == steps.total or over_time:
+            self._evaluate(state, loss, pace.started, pace.bar)
+            state.stopped_early = state.stopping.should_stop or over_time
+        if stop_after_step is not None and state.step >= stop_after_step:
+            pace.bar.close()
+            procs.wait()  # the main process's checkpoint is complete before any exits
+            raise self.interrupted(state.step, stop_after_step)
+        return state.stopped_early or state.step >= steps.total
+
+    def end(self, state: FitState, pace: Pace) -> None:
+        pace.bar.close()
+        state.seconds = time.perf_counter() - pace.started
 
     def _step(self, batch: list[int]) -> float:
         """One optimizer step on a global batch; its mean loss over every process's rows."""
         rows, weight = self.procs.share(batch)
-        feats, kind = self.data.train_feats, self.kind
-        input_ids, mask = collate([feats.ids[i] for i in rows], self.data.pad, self.device)
+        input_ids, mask = collate([self.data.train_feats.ids[i] for i in rows], self.data.pad,
+                                  self.device)
         with self.autocast():
-            logits = kind.outputs(self.stepper(**encoder.model_inputs(self.arch, input_ids, mask,
-                                                                      self.data.sep)))
-        targets = kind.batch_targets(feats, rows, input_ids.shape[1]).to(self.device)
-        loss = kind.loss(logits.float(), targets, self.data.loss_weight)
+            logits = self.kind.outputs(self.stepper(**encoder.model_inputs(self.arch, input_ids, mask,
+                                                                           self.data.sep)))
+        loss = self.loss(logits, rows, input_ids.shape[1])
         if weight != 1.0:
             loss = loss * weight
+        self.backward(loss)
+        self.update()
+        return self.procs.mean(loss)
+
+    def loss(self, outputs: torch.Tensor, rows: list[int], width: int) -> torch.Tensor:
+        """The kind's loss of `outputs` for training rows `rows`, padded to `width` tokens: the
+        mean over these rows."""
+        kind = self.kind
+        targets = kind.batch_targets(self.data.train_feats, rows, width).to(outputs.device)
+        return kind.loss(outputs.float(), targets, self.data.loss_weight)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward through every process (fp16: of the scaled loss)."""
+        self.procs.backward(loss if self.scaler is None else self.scaler.scale(loss))
+
+    def update(self) -> None:
+        """The optimizer step on the gradients of the last backward: clipped, scheduled."""
         scaler = self.scaler
-        self.procs.backward(loss if scaler is None else scaler.scale(loss))
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
@@ -176,7 +227,6 @@ class Fit:
             scaler.update()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.procs.mean(loss)
 
     def _evaluate(self, state: FitState, loss: float, started: float, bar) -> None:
         """Evaluate on dev, keep the best state, report, and checkpoint (not after the last step)."""
@@ -200,7 +250,7 @@ class Fit:
             self.checkpoint.save(self.params, self.optimizer, self.schedule, state.to_dict(),
                                  state.best_state)
 
-    def _interrupted(self, step: int, stop_after_step: int) -> TrainingInterrupted:
+    def interrupted(self, step: int, stop_after_step: int) -> TrainingInterrupted:
         name, total = self.data.spec.name, self.steps.total
         saved = self.checkpoint.dir if self.checkpoint.exists() else None
         then = (f"train again with the same settings to resume from its checkpoint {saved}" if saved

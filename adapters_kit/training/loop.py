@@ -6,6 +6,7 @@ up, restore a checkpoint, fit, save. Each step lives in its own module beside th
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,8 +32,8 @@ from .setup import (
     with_lora,
 )
 
-__all__ = ["PROGRESS_SECONDS", "ResolvedConfig", "TrainConfig", "TrainResult", "lora_config",
-           "predict_logits", "predict_outputs", "train"]
+__all__ = ["PROGRESS_SECONDS", "Prepared", "ResolvedConfig", "TrainConfig", "TrainResult", "lora_config",
+           "predict_logits", "predict_outputs", "prepare", "resolve_job", "train"]
 
 
 def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None = None,
@@ -53,24 +54,76 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     the global batch stays `batch_size`, every process returns the same metrics, and only the
     main process writes the checkpoints and the adapter.
     """
+    run, out_dir = resolve_job(task, out_dir, config)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    procs = Processes(torch.device(run.device))
+    emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
+    job = prepare(run, out_dir, procs, emit)
+    job.fit.run_from(job.state, stop_after_step)
+    return job.finish()
+
+
+def resolve_job(task: str | TaskSpec, out_dir: str | Path,
+                config: TrainConfig | None) -> tuple[ResolvedConfig, Path]:
+    """A run's settled config and adapter directory, refused if that directory exists and the
+    config does not allow replacing it."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     run = (config or TrainConfig()).resolved(spec)
     out_dir = Path(out_dir)
     if out_dir.exists() and not run.overwrite:
         raise FileExistsError(f"{out_dir} already exists; choose another --out or pass "
                               "--overwrite to replace it")
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    procs = Processes(torch.device(run.device))
-    device = procs.device  # under a launch on GPUs: this process's own
-    kind = kind_of(run.task)
+    return run, out_dir
 
+
+@dataclass
+class Prepared:
+    """One task's run, set up and restored from its checkpoint: ready to fit, then `finish`."""
+
+    out_dir: Path
+    run: ResolvedConfig
+    backbone: Backbone
+    base_fingerprint: str
+    model: torch.nn.Module
+    """The peft model: it evaluates and is saved."""
+    fit: Fit
+    state: FitState
+
+    def finish(self) -> TrainResult:
+        """Save the best evaluation's adapter (the store's format) and report it."""
+        fit = self.fit
+        return save(self.out_dir, self.model, self.state, kind=fit.kind, run=self.run, data=fit.data,
+                    evaluate=fit.evaluate, backbone=self.backbone,
+                    base_fingerprint=self.base_fingerprint, procs=fit.procs,
+                    checkpoint=fit.checkpoint, emit=fit.emit)
+
+
+def prepare(run: ResolvedConfig, out_dir: Path, procs: Processes, emit: Callable[[dict], None], *,
+            backbone: Backbone | None = None, tokenizer=None,
+            share: Callable[[torch.nn.Module], None] | None = None,
+            fingerprints: dict | None = None) -> Prepared:
+    """Read the data, build the model with LoRA, optimizer and schedule, restore a checkpoint.
+
+    `train_many` passes the backbone and tokenizer it already holds, `share` (which ties the
+    fresh base's weights to the one shared base, before LoRA is added) and a cache of base
+    fingerprints by kind and output count."""
+    kind = kind_of(run.task)
+    device = procs.device  # under a launch on GPUs: this process's own
     seed_everything(run.seed)
     with procs.main_first():  # the main process converts and caches the base, then the others read it
-        backbone = Backbone.resolve(run.backbone)
-        data = load_data(kind, run, backbone.tokenizer())
+        backbone = backbone or Backbone.resolve(run.backbone)
+        data = load_data(kind, run, tokenizer or backbone.tokenizer())
         base = kind.load_model(backbone, run.task.num_outputs)
-    base_fp = kind.base_fingerprint(backbone, base)
+    key = (kind.name, run.task.num_outputs)
+    if fingerprints is not None and key in fingerprints:
+        base_fp = fingerprints[key]
+    else:
+        base_fp = kind.base_fingerprint(backbone, base)
+        if fingerprints is not None:
+            fingerprints[key] = base_fp
+    if share is not None:
+        share(base)
 
     # Seeded again: building a base's head folder the first time draws random numbers, and the
     # LoRA init must not depend on whether that cache was warm (nor on which process built it).
@@ -88,14 +141,11 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     if progress is not None:
         state.restore(progress, checkpoint.best())
 
-    emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
     evaluate = DevEvaluator(model, kind, data, procs)
-    Fit(model=model, stepper=procs.wrap(model), arch=backbone.arch, kind=kind, data=data, run=run,
-        steps=steps, params=params, optimizer=optimizer, schedule=schedule, device=device,
-        autocast=autocast(run.precision, device), scaler=grad_scaler(run.precision, device),
-        procs=procs, evaluate=evaluate, checkpoint=checkpoint,
-        emit=emit).run_from(state, stop_after_step)
-
-    return save(out_dir, model, state, kind=kind, run=run, data=data, evaluate=evaluate,
-                backbone=backbone, base_fingerprint=base_fp, procs=procs, checkpoint=checkpoint,
-                emit=emit)
+    fit = Fit(model=model, stepper=procs.wrap(model), arch=backbone.arch, kind=kind, data=data,
+              run=run, steps=steps, params=params, optimizer=optimizer, schedule=schedule,
+              device=device, autocast=autocast(run.precision, device),
+              scaler=grad_scaler(run.precision, device), procs=procs, evaluate=evaluate,
+              checkpoint=checkpoint, emit=emit)
+    return Prepared(out_dir=out_dir, run=run, backbone=backbone, base_fingerprint=base_fp,
+                    model=model, fit=fit, state=state)

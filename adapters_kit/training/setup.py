@@ -25,6 +25,8 @@ class LoraSettings:
     lora_dropout: float
     targets: str | list[str]
     head: str = "lora"
+    use_rslora: bool = False
+    use_dora: bool = False
 
 
 def lora_config(arch: str, num_outputs: int, cfg: Mapping | LoraSettings | ResolvedConfig,
@@ -97,11 +99,22 @@ class Steps:
 
 
 def optimizer_for(params: dict[str, torch.nn.Parameter], run: ResolvedConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (biases, norms) do not."""
-    decay = [p for p in params.values() if p.dim() > 1]
-    no_decay = [p for p in params.values() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": run.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=run.learning_rate)
+    """AdamW; matrices decay, vectors (biases, norms) do not. With `loraplus_lr_ratio` (LoRA+,
+    Hayou et al. 2024) the LoRA B factors form a third group at `learning_rate` x the ratio.
+
+    peft's `create_loraplus_optimizer` also puts every 1-d parameter (biases, DoRA magnitudes)
+    in the fast group; here only the B factors are, as in the paper."""
+    ratio = getattr(run, "loraplus_lr_ratio", None)
+    fast = [p for n, p in params.items() if ratio is not None and ".lora_B." in n]
+    fast_ids = {id(p) for p in fast}
+    decay = [p for p in params.values() if p.dim() > 1 and id(p) not in fast_ids]
+    no_decay = [p for p in params.values() if p.dim() <= 1 and id(p) not in fast_ids]
+    groups = [{"params": decay, "weight_decay": run.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if fast:
+        groups.append({"params": fast, "weight_decay": run.weight_decay,
+                       "lr": run.learning_rate * ratio})
+    return torch.optim.AdamW(groups, lr=run.learning_rate)
 
 
 def schedule_for(optimizer: torch.optim.Optimizer, steps: Steps):

@@ -1,0 +1,296 @@
+"""16 customer tasks trained together in one `train_many` run against one after another with
+`train`: wall time, each task's dev metric, peak RSS, and where the time goes.
+
+The tasks are label subsets and slices of ag_news, sst2, sms_spam, trec, rte and mrpc (from
+../shared/data) plus the two demo tasks: 2 to 6 labels, three sentence-pair tasks, a few
+hundred to a few thousand training rows. Both arms run in fresh processes with the same
+configs, epochs and seed; each arm's phases (set-up, steps, evaluation, save with its TF-IDF
+baseline) are timed by wrapping the library's own functions.
+
+    python benchmarks/train_many.py                # 120 to 400 rows a task (see --scale)
+    python benchmarks/train_many.py --quick        # 64 to 200 rows a task
+    python benchmarks/train_many.py --scale 1      # the issue's size: 400 to 3,000 rows a task
+
+Targets (issue 15): together <= 0.6x sequential, every task's dev metric within 1.0 point.
+Ends with one JSON line: tasks, together_seconds, sequential_seconds, ratio, worst_metric_drop
+(points, positive = worse together), peak_rss_mb (both arms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, emit, require_shared  # noqa: E402
+
+CARD_DATA = ROOT / "adapters_kit" / "cards" / "data"
+
+
+def _rows(path: Path, delimiter: str = "\t", encoding: str = "utf-8-sig") -> list[dict]:
+    with open(path, encoding=encoding, newline="") as f:
+        return list(csv.DictReader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE
+                                   if delimiter == "\t" else csv.QUOTE_MINIMAL))
+
+
+def _trec(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text(encoding="latin-1").splitlines():
+        label, _, text = line.partition(" ")
+        out.append({"text": text.strip(), "label": label.split(":")[0]})
+    return out
+
+
+def _write(folder: Path, name: str, fields: list[str], rows: list[dict]) -> Path:
+    path = folder / f"{name}.tsv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(fields) + "\n")
+        for r in rows:
+            f.write("\t".join(str(r[k]).replace("\t", " ").replace("\n", " ") for k in fields) + "\n")
+    return path
+
+
+def build_tasks(shared: Path, folder: Path, scale: float, floor: int = 120,
+                dev_max: int = 150) -> list[dict]:
+    """The 16 task cards (as dicts) over TSV files written into `folder`."""
+    rng = random.Random(0)
+    ag = _rows(shared / "ag_news" / "test.csv", delimiter=",")
+    ag_names = {"1": "World", "2": "Sports", "3": "Business", "4": "SciTech"}
+    for r in ag:
+        r["label"] = ag_names[r["label"]]
+    sst = _rows(shared / "sst2" / "train.tsv")
+    sst_dev = _rows(shared / "sst2" / "dev.tsv")
+    sms = _rows(shared / "sms_spam" / "SMSSpamCollection.tsv")
+    trec = _trec(shared / "trec" / "train_5500.label")
+    rte = _rows(shared / "rte" / "train.tsv")
+    rte_dev = _rows(shared / "rte" / "dev.tsv")
+    mrpc = _rows(shared / "mrpc" / "msr_paraphrase_train.txt")
+    intent = _rows(CARD_DATA / "support_intent.tsv")
+    urgency = _rows(CARD_DATA / "support_urgency.tsv")
+    for data in (ag, sst, sms, trec, rte, mrpc):
+        rng.shuffle(data)
+
+    def n(rows: int) -> int:
+        return max(floor, int(rows * scale))
+
+    def m(rows: int) -> int:  # training rows and a dev set after them
+        return n(rows) + dev_max
+
+    def pick(rows, labels, count, field="label", offset=0):
+        keep = [r for r in rows if r[field] in labels]
+        return keep[offset : offset + count]
+
+    tasks = []
+
+    def add(name, rows, dev_rows, labels, text_fields, label_field="label", epochs=1.0, lr=1e-3,
+            label_map=None, max_length=64, targets="all-linear"):
+        fields = [*text_fields, label_field]
+        if dev_rows is None:  # the rows after the training rows
+            rows, dev_rows = rows[:-dev_max], rows[-dev_max:]
+        card = {"name": name, "labels": labels, "text_fields": text_fields, "label_field": label_field,
+                "label_map": label_map or {}, "train": str(_write(folder, name, fields, rows)),
+                "epochs": epochs, "learning_rate": lr, "batch_size": 16, "max_length": max_length,
+                "targets": targets, "format": "tsv"}
+        card["dev"] = str(_write(folder, name + "_dev", fields, dev_rows[:dev_max]))
+        tasks.append(card)
+
+    ag4 = ["World", "Sports", "Business", "SciTech"]
+    add("ag_topics", pick(ag, ag4, m(2400)), None, ag4, ["description"], max_length=96)
+    add("ag_world_sports", pick(ag, ["World", "Sports"], m(800), offset=3000), None,
+        ["World", "Sports"], ["title"], lr=2e-3, max_length=32)
+    add("ag_business_tech", pick(ag, ["Business", "SciTech"], m(1200), offset=3000), None,
+        ["Business", "SciTech"], ["title", "description"], max_length=96)
+    add("ag_three", pick(ag, ["World", "Business", "SciTech"], m(600), offset=5200), None,
+        ["World", "Business", "SciTech"], ["title"], epochs=2.0, max_length=32, targets="qv")
+    sst_map = {"0": "negative", "1": "positive"}
+    add("sst_reviews", sst[: n(3000)], sst_dev[:400], ["negative", "positive"], ["sentence"],
+        label_map=sst_map, max_length=48)
+    add("sst_small", sst[20000 : 20000 + n(400)], sst_dev[400:], ["negative", "positive"],
+        ["sentence"], label_map=sst_map, epochs=2.0, lr=2e-3, max_length=48, targets="qv")
+    add("sms_spam", sms[: m(1500)], None, ["ham", "spam"], ["SMS"], label_field="Label",
+        max_length=64)
+    add("sms_spam_small", sms[3000 : 3000 + m(400)], None, ["ham", "spam"], ["SMS"],
+        label_field="Label", epochs=2.0, max_length=64, targets="qv")
+    trec6 = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    add("trec_coarse", trec[: m(2000)], None, trec6, ["text"], lr=2e-3, max_length=32)
+    add("trec_who_where_when", pick(trec, ["HUM", "LOC", "NUM"], m(700), offset=0), None,
+        ["HUM", "LOC", "NUM"], ["text"], epochs=2.0, max_length=32)
+    rte_map = {"0": "entailment", "1": "not_entailment"}
+    add("rte_pairs", rte[: n(2000)], rte_dev, ["entailment", "not_entailment"],
+        ["sentence1", "sentence2"], label_map=rte_map, max_length=96)
+    mrpc_map = {"0": "not_paraphrase", "1": "paraphrase"}
+    add("mrpc_pairs", mrpc[: m(1800)], None, ["not_paraphrase", "paraphrase"],
+        ["#1 String", "#2 String"], label_field="Quality", label_map=mrpc_map, max_length=96)
+    add("mrpc_small", mrpc[2500 : 2500 + m(500)], None, ["not_paraphrase", "paraphrase"],
+        ["#1 String", "#2 String"], label_field="Quality", label_map=mrpc_map, epochs=2.0,
+        max_length=96, targets="qv")
+    add("support_intent", intent[: m(480)], None, ["billing", "shipping", "account", "technical"],
+        ["text"],
+        label_field="intent", epochs=3.0, lr=2e-3, max_length=64)
+    urgency_labels = sorted({r["urgency"] for r in urgency})
+    add("support_urgency", urgency[: m(400)], None, urgency_labels, ["text"], label_field="urgency",
+        epochs=3.0, lr=2e-3, max_length=64)
+    add("sst_phrases", sst[40000 : 40000 + n(1000)], sst_dev, ["negative", "positive"],
+        ["sentence"], label_map=sst_map, lr=1.5e-3, max_length=48)
+    return tasks
+
+
+# -- one arm, in its own process --------------------------------------------------------------
+
+def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threads: int,
+            pass_tokens: int | None = None) -> dict:
+    import warnings
+
+    from adapters_kit import TaskSpec, TrainConfig, TrainJob, train, train_many
+    from adapters_kit.kinds.quality import QualityWarning
+    from adapters_kit.training import loop, many, save
+    from adapters_kit.training.evaluate import DevEvaluator
+    from adapters_kit.training.fit import Fit
+
+    warnings.simplefilter("ignore", QualityWarning)
+    if pass_tokens:
+        many.PASS_TOKENS = pass_tokens
+    phases: dict[str, float] = defaultdict(float)
+
+    def timed(owner, attr, phase):
+        fn = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[phase] += time.perf_counter() - t
+        setattr(owner, attr, wrapper)
+
+    timed(DevEvaluator, "__call__", "evaluate")
+    timed(Fit, "_evaluate", "evaluate+checkpoint")
+    timed(loop, "prepare", "set-up (data, model, LoRA)")
+    timed(many, "prepare", "set-up (data, model, LoRA)")
+    timed(save, "save_adapter", "write adapter files")
+    timed(loop.Prepared, "finish", "save (baseline, report, files)")
+
+    specs = [TaskSpec(**c) for c in cards]
+    config = TrainConfig(progress=False, seed=0, evals_per_epoch=1, dropout=dropout, threads=threads)
+    t0 = time.perf_counter()
+
+    def shown(event: dict, name: str | None = None) -> None:
+        if event["event"] in ("eval", "done"):
+            print(f"  [{arm} {time.perf_counter() - t0:6.0f} s] {event.get('task', name)} "
+                  f"{event['event']} step {event['step']}", file=sys.stderr, flush=True)
+
+    if arm == "together":
+        results = train_many([TrainJob(s, out / s.name, config) for s in specs], on_progress=shown)
+    else:
+        results = {s.name: train(s, out / s.name, config, on_progress=lambda e, n=s.name: shown(e, n))
+                   for s in specs}
+    seconds = time.perf_counter() - t0
+    phases["total"] = seconds
+    phases["steps (forward, backward, update)"] = seconds - sum(
+        v for k, v in phases.items() if k in ("evaluate+checkpoint", "set-up (data, model, LoRA)",
+                                              "save (baseline, report, files)"))
+    return {"arm": arm, "seconds": seconds, "phases": dict(phases),
+            "metrics": {s.name: results[s.name].metrics[s.metric] for s in specs},
+            "metric_names": {s.name: s.metric for s in specs},
+            "train_rows": {s.name: json.loads((results[s.name].path / "task.json").read_text())
+                           ["training"]["train_rows"] for s in specs},
+            "steps": {s.name: len(results[s.name].history["losses"]) for s in specs},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="the smallest size: scale 0.05, at least 64 rows a task, dev sets of 100")
+    p.add_argument("--scale", type=float, help="rows as a fraction of the issue-sized tasks (a few "
+                   "hundred to a few thousand rows); default 0.1, at least 120 rows a task, so "
+                   "that both arms finish within 25 minutes on a shared 2-core machine")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout override for both arms (default 0: see the README section)")
+    p.add_argument("--keep-dropout", action="store_true", help="keep the model's own dropout")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in both arms (default 1: on a machine shared with other "
+                   "work, two OpenMP threads waiting on each other ran many times slower)")
+    p.add_argument("--pass-tokens", type=int,
+                   help="most padded positions in one shared pass (default: train_many's)")
+    p.add_argument("--arm", choices=["together", "sequential"], help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    dropout = None if args.keep_dropout else args.dropout
+    if args.arm:
+        work = Path(args.work)
+        cards = json.loads((work / "tasks.json").read_text())
+        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads,
+                                 args.pass_tokens)), flush=True)
+        return
+
+    shared = require_shared("ag_news", "test.csv")
+    scale = args.scale or (0.05 if args.quick else 0.1)
+    floor, dev_max = (64, 100) if args.quick else (120, 150)
+    with tempfile.TemporaryDirectory(prefix="train_many_") as tmp:
+        work = Path(tmp)
+        (work / "data").mkdir()
+        cards = build_tasks(shared.parent.parent, work / "data", scale, floor, dev_max)
+        (work / "tasks.json").write_text(json.dumps(cards))
+        _warm(cards)
+        arms = {}
+        for arm in ("together", "sequential"):
+            cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work),
+                   "--threads", str(args.threads)]
+            cmd += ["--pass-tokens", str(args.pass_tokens)] if args.pass_tokens else []
+            cmd += ["--keep-dropout"] if args.keep_dropout else ["--dropout", str(args.dropout)]
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress: stderr
+            if done.returncode != 0:
+                sys.exit(f"the {arm} arm failed (exit {done.returncode})")
+            arms[arm] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_mb']:.0f} MB",
+                  flush=True)
+    report(arms, scale, dropout)
+
+
+def _warm(cards: list[dict]) -> None:
+    """Build the base's head folders for every label count once, outside both arms' clocks."""
+    from adapters_kit import Backbone
+
+    backbone = Backbone.resolve()
+    for c in cards:
+        backbone.head_dir(len(c["labels"]))
+
+
+def report(arms: dict, scale: float, dropout) -> None:
+    tog, seq = arms["together"], arms["sequential"]
+    print(f"\n{'task':<22} {'rows':>5} {'steps':>5} {'metric':<9} {'alone':>7} {'together':>8} {'drop':>6}")
+    drops = {}
+    for name, alone in seq["metrics"].items():
+        together = tog["metrics"][name]
+        drops[name] = round(100 * (alone - together), 2)
+        print(f"{name:<22} {seq['train_rows'][name]:>5} {seq['steps'][name]:>5} "
+              f"{seq['metric_names'][name]:<9} {alone:>7.4f} {together:>8.4f} {drops[name]:>6.2f}")
+    print("\nwhere the time goes (seconds; evaluation is inside evaluate+checkpoint, the "
+          "adapter files inside save):")
+    for phase in sorted(set(tog["phases"]) | set(seq["phases"])):
+        print(f"  {phase:<32} together {tog['phases'].get(phase, 0):8.1f}   "
+              f"sequential {seq['phases'].get(phase, 0):8.1f}")
+    ratio = tog["seconds"] / seq["seconds"]
+    print(f"\ntogether {tog['seconds']:.1f} s, one after another {seq['seconds']:.1f} s: "
+          f"ratio {ratio:.3f} (target <= 0.6); worst metric drop {max(drops.values()):.2f} points "
+          f"(target <= 1.0); row scale {scale}, dropout {dropout}")
+    emit({"tasks": len(drops), "together_seconds": round(tog["seconds"], 1),
+          "sequential_seconds": round(seq["seconds"], 1), "ratio": round(ratio, 3),
+          "worst_metric_drop": max(drops.values()),
+          "peak_rss_mb": {"together": round(tog["peak_rss_mb"], 1),
+                          "sequential": round(seq["peak_rss_mb"], 1)},
+          "metric_drops": drops, "scale": scale, "dropout": dropout})
+
+
+if __name__ == "__main__":
+    main()
