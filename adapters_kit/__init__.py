@@ -3,6 +3,7 @@
 from .adapters.merge import merge_adapter
 from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
+from .comparison import Comparison, compare
 from .engine.cache import AdapterCache
 from .engine.model import MultiTaskModel
 from .errors import (
@@ -27,6 +28,7 @@ __all__ = [
     "AdaptersKitError",
     "Backbone",
     "BackboneError",
+    "Comparison",
     "DataError",
     "MultiTaskModel",
     "TaskError",
@@ -36,6 +38,7 @@ __all__ = [
     "TrainingError",
     "TrainingInterrupted",
     "UnknownTaskError",
+    "compare",
     "get_task",
     "list_tasks",
     "load_card",
