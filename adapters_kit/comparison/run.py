@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.fsutil import atomic_write_text, sha256_file
+from ..adapters.fsutil import atomic_write_text, default_file_mode, sha256_file
 from ..adapters.store import CHECKSUMS, AdapterStore, read_adapter
 from ..backbones import Backbone
 from ..engine.memory import HeapTrimmer
@@ -155,7 +155,7 @@ def compare(task: str | TaskSpec, backbones: str | list[str] | None = None,
         seconds=time.perf_counter() - started,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     record = comparison.to_dict()
-    atomic_write_text(comparison.json_path, json.dumps(record, indent=1))
+    _write_bytes(comparison.json_path, json.dumps(record, indent=1).encode())
     keep_last(record)
     return comparison
 
@@ -285,6 +285,9 @@ def _write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # as an ordinary new file, not mkstemp's 0o600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
