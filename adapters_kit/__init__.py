@@ -5,6 +5,7 @@ from .adapters.portable import resolve_base
 from .adapters.remote import RemoteStore
 from .adapters.store import AdapterStore, read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
+from .comparison import Comparison, compare
 from .devices import resolve_device
 from .engine.cache import AdapterCache
 from .engine.model import MultiTaskModel
@@ -32,6 +33,7 @@ __all__ = [
     "AdaptersKitError",
     "Backbone",
     "BackboneError",
+    "Comparison",
     "DataError",
     "DeviceError",
     "MultiTaskModel",
@@ -44,6 +46,7 @@ __all__ = [
     "TrainingError",
     "TrainingInterrupted",
     "UnknownTaskError",
+    "compare",
     "get_task",
     "list_tasks",
     "load_card",

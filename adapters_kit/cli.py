@@ -66,15 +66,36 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_backbones(args: argparse.Namespace) -> int:
     from .backbones import describe_backbones
+    from .comparison import last_comparison, summary
 
     rows = describe_backbones()
+    last = last_comparison()  # the figures of the last `compare` run here, if any
     if args.json:
-        _print_json({"backbones": rows})
+        _print_json({"backbones": rows, "last_compare": last})
     else:
         for r in rows:
             print(f"{r['name']:<20} {r['description']}")
         print("Any hub name or local folder of a DistilBERT or ALBERT model also works "
               "(e.g. distilbert-base-uncased, albert-base-v2).")
+        print("\n" + summary(last) if last else
+              "\nRun `adapters-kit compare TASK` to measure them on your task and this machine.")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .comparison import compare
+
+    result = compare(args.task, args.backbones, args.precisions, device=args.device,
+                     budget_s=args.budget_s, epochs=args.epochs,
+                     max_train_examples=args.max_train_examples, seed=args.seed,
+                     threads=args.threads, out=args.out,
+                     progress=not args.json, on_progress=_progress_line if args.json else None)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.table())
+        print(result.recommendation)
+        print(f"wrote {result.json_path} and {result.png}; adapters in {result.store}")
     return 0
 
 
@@ -425,6 +446,26 @@ def build_parser() -> argparse.ArgumentParser:
     _variant_flags(p)
     _device_flag(p)
     p.set_defaults(func=cmd_train_many)
+    p = sub.add_parser("compare", help="train a task on each backbone x precision and measure "
+                       "the trade-off on this machine (table, compare.json, compare.png)")
+    p.add_argument("task", help="a registered task name, or a path to a .toml task card")
+    p.add_argument("--backbones", help="comma-separated (default: the embedded backbones, and "
+                   "distilbert-base-uncased, albert-base-v2 when the hub can give them)")
+    p.add_argument("--precisions", help="comma-separated from fp32,bf16,8bit,4bit (default: all; "
+                   "those this machine cannot run are listed with the reason)")
+    p.add_argument("--device", help="where to train and measure (default cpu)")
+    p.add_argument("--budget-s", type=float, help="training seconds per combination (default 120, "
+                   "or none when --epochs is given)")
+    p.add_argument("--epochs", type=float, help="train every combination for these epochs")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_thread_count, help="torch threads for training and "
+                   "measuring (default: all cores)")
+    p.add_argument("--out", help="folder for compare.json, compare.png and the adapters' store "
+                   "(default: compare-TASK)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout; "
+                   "progress goes to stderr as JSON lines")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="score an adapter on its dev/test split or a data file")
     p.add_argument("adapter_dir")
