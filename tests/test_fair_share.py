@@ -87,6 +87,37 @@ def test_the_engine_takes_the_tenants_lines_in_turn(store, tiny_distilbert):
     assert batcher.expected_wait(10, "acme") == pytest.approx((1010) / 100)
 
 
+def test_while_several_tenants_send_each_fills_at_most_its_share_of_a_batch(store, tiny_distilbert):
+    from adapters_kit import AdapterStore
+    from adapters_kit.engine.cache import AdapterCache
+    from adapters_kit.engine.model import MultiTaskModel
+    from adapters_kit.server import ServeConfig
+    from adapters_kit.server.batcher import Batcher
+    from adapters_kit.server.metrics import ServerMetrics
+
+    # "the music": [CLS] the music [SEP], 4 word pieces; a batch budget of 16, so 8 each
+    config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=16, max_wait_ms=0.1)
+    cache = AdapterCache(MultiTaskModel(tiny_distilbert), AdapterStore(store), 1 << 30)
+
+    def first_batch(tenants: list[str]) -> list[str]:
+        batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))
+
+        async def queue():
+            for tenant in tenants:
+                batcher.submit("tiny_topic", ["the music"], 1e12, tenant)
+
+        asyncio.run(queue())
+        batch = batcher._gather()
+        for p in batch:
+            batcher.model.release(p.task)
+        if batcher._carry is not None:
+            batcher.model.release(batcher._carry.task)
+        return [p.job.tenant for p in batch]
+
+    assert first_batch(["acme"] * 6) == ["acme"] * 4  # one tenant: the whole budget
+    assert first_batch(["acme"] * 6 + ["globex"]) == ["acme", "globex", "acme"]
+
+
 def test_a_tenant_over_its_rate_gets_429_and_the_other_does_not(store, tiny_distilbert, tmp_path):
     with running(store, tiny_distilbert, keys=keys_file(tmp_path), tenant_rate=0.5) as (url, _):
         with httpx.Client(base_url=url) as c:

@@ -183,7 +183,8 @@ class JobTable:
             now = time.time()
             for job_id in taken:
                 db.execute("UPDATE jobs SET state='running', started=COALESCE(started, ?), "
-                           "worker_pid=?, attempts=attempts+1 WHERE id=?", (now, pid, job_id))
+                           "worker_pid=?, attempts=attempts+1, progress=NULL WHERE id=?",
+                           (now, pid, job_id))
         return [self.get(j) for j in taken]
 
     def recover(self, pid: int) -> list[str]:
@@ -193,7 +194,8 @@ class JobTable:
         with self._write() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state='running' AND "
                                             "(worker_pid IS NULL OR worker_pid != ?)", (pid,))]
-            db.executemany("UPDATE jobs SET state='queued' WHERE id=?", [(i,) for i in ids])
+            db.executemany("UPDATE jobs SET state='queued', progress=NULL, worker_pid=NULL "
+                           "WHERE id=?", [(i,) for i in ids])
         return ids
 
     def report(self, job_id: str, progress: dict) -> None:
@@ -211,7 +213,7 @@ class JobTable:
 
     def requeue(self, job_id: str) -> None:
         """A running job stopped for another's sake (a cancel in its group): queued again."""
-        self._move(job_id, ("running",), "queued")
+        self._move(job_id, ("running",), "queued", progress_reset=True)
 
     def trained(self, job_id: str, result: dict) -> bool:
         """The worker's adapter is complete: the server publishes it next."""
@@ -227,8 +229,11 @@ class JobTable:
         return self._move(job_id, ("running", "queued", PUBLISHING), "cancelled", finished=True)
 
     def _move(self, job_id: str, sources: tuple[str, ...], state: str, *, result: dict | None = None,
-              error: str | None = None, finished: bool = False) -> bool:
+              error: str | None = None, finished: bool = False,
+              progress_reset: bool = False) -> bool:
         sets, values = ["state=?"], [state]
+        if progress_reset:
+            sets.append("progress=NULL")
         if result is not None:
             sets.append("result=?")
             values.append(json.dumps(result))

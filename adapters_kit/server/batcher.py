@@ -67,6 +67,12 @@ this margin, still ends before the request's deadline; otherwise it is shed with
 of the engine's time is spent on it (it would only have come back as a 504)."""
 
 
+ACTIVE_S = 2.0
+"""A tenant that queued a request within this many seconds counts as sending: while several
+are, each may fill at most an equal share of a batch's token budget (its first request always
+fits)."""
+
+
 class _TooCostly(Exception):
     """A request whose inputs expand to more model rows than one request may cost."""
 
@@ -109,6 +115,7 @@ class Batcher:
         # requests; the first tenant's turn is next
         self._tenant_inputs: dict[str, int] = {}  # tenant -> inputs waiting
         self._tenant_chars: dict[str, int] = {}  # tenant -> characters waiting
+        self._seen: dict[str, float] = {}  # tenant -> when it last queued a request
         self._pending = 0  # inputs queued, not yet taken by the engine thread
         self._cond = threading.Condition()
         self._stopping = False
@@ -143,7 +150,7 @@ class Batcher:
                 raise ServeError(503, "shutting_down", "the server is shutting down; retry "
                                  "against another instance or after it restarts")
             mine = self._tenant_inputs.get(tenant, 0)
-            if mine + len(inputs) > self.tenant_inputs:
+            if self.tenant_inputs < self.config.queue_inputs and mine + len(inputs) > self.tenant_inputs:
                 # this tenant's share is full: it alone is refused, the others keep theirs
                 self.metrics.rejected.labels("tenant_queue_full").inc()
                 raise ServeError(429, "tenant_overloaded", f"this API key's share of the queue is "
@@ -168,6 +175,7 @@ class Batcher:
                                  f"{self.config.retry_after_s} s",
                                  headers={"Retry-After": str(self.config.retry_after_s)})
             self._lines.setdefault(tenant, deque()).append(job)
+            self._seen[tenant] = time.monotonic()
             self._tenant_inputs[tenant] = mine + len(inputs)
             self._tenant_chars[tenant] = self._tenant_chars.get(tenant, 0) + job.chars
             self._pending += len(inputs)
@@ -325,24 +333,42 @@ class Batcher:
         self._batch_started = time.monotonic()  # work from here: the idle wait is not counted
         batch: list[_Prepared] = []
         tokens, earliest = 0, float("inf")
+        share = self.config.batch_tokens / self._active_tenants()
+        mine: dict[str, int] = {}  # tenant -> its tokens in this batch
         end = time.monotonic() + self.config.max_wait_ms / 1000
         while carried is not None or job is not None:
             prepared, carried = (carried, None) if carried is not None else (self._prepare(job), None)
             if prepared is not None:
                 cost = sum(len(r.ids) for rows in prepared.rows for r in rows)
+                tenant = prepared.job.tenant
                 if self._cannot_finish(prepared, tokens + cost):
                     self._shed(prepared)
-                elif batch and self._ends_after(tokens + cost, earliest):
-                    self._carry = prepared  # it would make the batch late for another request
+                elif batch and (self._ends_after(tokens + cost, earliest)
+                                or 0 < mine.get(tenant, 0) < mine.get(tenant, 0) + cost > share):
+                    # it would make the batch late for another request, or take more than its
+                    # tenant's share of a batch while other tenants are sending: a tenant that
+                    # floods the server would otherwise fill every batch, and each other
+                    # tenant's request would wait for a whole full batch before its own
+                    self._carry = prepared
                     break
                 else:
                     batch.append(prepared)
                     tokens += cost
+                    mine[tenant] = mine.get(tenant, 0) + cost
                     earliest = min(earliest, prepared.job.deadline)
             if tokens >= self.config.batch_tokens:
                 break
             job = self._take(max(0.0, end - time.monotonic()))
         return batch
+
+    def _active_tenants(self) -> int:
+        """Tenants that sent a request within the last ACTIVE_S seconds (at least 1)."""
+        now = time.monotonic()
+        with self._cond:
+            for tenant, seen in list(self._seen.items()):
+                if now - seen > ACTIVE_S:
+                    del self._seen[tenant]
+            return max(1, len(self._seen))
 
     def _ends_after(self, tokens: int, deadline: float) -> bool:
         """Would a batch of `tokens` word pieces, started now, end after `deadline`?"""
