@@ -32,7 +32,6 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
 
 from ..errors import AdaptersKitError, shown
 from ..jobs.layout import JobLayout
@@ -203,9 +202,10 @@ def add_routes(app: FastAPI, srv, caller) -> None:
         return _job_response(200, public_view(job))
 
 
-def _job_response(status: int, body: dict, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body), status_code=status, headers=headers,
-                    media_type="application/json")
+def _job_response(status: int, body: dict, headers: dict | None = None):
+    from .app import _json  # NaN-safe, as every other answer
+
+    return _json(status, body, headers)
 
 
 def _die_with_parent() -> None:  # in the child, before exec: SIGKILL when the server dies
