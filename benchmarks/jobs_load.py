@@ -1,6 +1,6 @@
 """Training jobs beside serving: latency while jobs train, a flooding tenant, SIGKILL mid-job.
 
-    python benchmarks/jobs_load.py [--quick] [--seconds 30] [--clients 16] [--think-ms 100]
+    python benchmarks/jobs_load.py [--quick] [--seconds 30] [--clients 16] [--think-ms 250]
         [--kill-trials 10] [--job-rows 96]
 
 Setup: `adapters-kit serve --jobs` on the embedded DistilBERT base (a subprocess on loopback,
@@ -13,8 +13,9 @@ slices of SST-2 train (`--job-rows` rows, 1 epoch, max_length 48).
   idle      16 clients (closed loop, `--think-ms` between requests) for `--seconds`: p50, p99.
   training  the same load while the trainer tenant's jobs train (checked running at the start
             and the end of the phase): p50, p99; the target is p99 < 2 x the idle p99.
-  flood     the same 16 clients, plus tenant `flood` with 10 x as many clients on the same
-            tasks: the 16 clients' errors (target 0) and the flood tenant's status counts.
+  flood     the same 16 clients, plus tenant `flood` sending 10 x the request rate the 16
+            clients sent when idle, open loop (whatever the answers), on the same tasks: the 16
+            clients' errors (target 0) and the flood tenant's status counts.
   kill      10 jobs queued; each job, at a random moment (up to `--kill-window` s) after it is
             seen training, gets a SIGKILL (of the worker alone, then of the whole server, in
             turn; the server is restarted); then every job must finish, and no store entry may
@@ -137,9 +138,10 @@ class ServerProcess:
 # -- load -----------------------------------------------------------------------------------------
 
 async def load(url: str, texts: list[str], seconds: float, clients: int, think_s: float,
-               flood_clients: int = 0) -> tuple[list[float], Counter, Counter]:
-    """Closed-loop clients of tenants c0..c3 (and `flood_clients` of tenant flood): their
-    latencies in ms, their status counts, and the flood tenant's status counts."""
+               flood_rate: float = 0.0) -> tuple[list[float], Counter, Counter]:
+    """Closed-loop clients of tenants c0..c3 (and tenant flood sending `flood_rate` requests
+    a second, open loop: whatever the answers, as a flood does): the clients' latencies in ms,
+    their status counts, and the flood tenant's status counts."""
     import httpx
 
     latencies: list[float] = []
@@ -163,15 +165,35 @@ async def load(url: str, texts: list[str], seconds: float, clients: int, think_s
                 latencies.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(think_s)
 
-    limits = httpx.Limits(max_connections=clients + flood_clients + 8)
+    async def one_flood(c: httpx.AsyncClient) -> None:
+        body = {"task": f"task{rng.randrange(TASKS):03d}", "inputs": [rng.choice(texts)]}
+        try:
+            r = await c.post("/v1/predict", json=body,
+                             headers={"Authorization": f"Bearer {key('flood')}"})
+            flood[r.status_code] += 1
+        except httpx.HTTPError as e:
+            flood[type(e).__name__] += 1
+
+    async def flooding(c: httpx.AsyncClient) -> None:
+        sent, start, tasks = 0, time.monotonic(), set()
+        while time.monotonic() < end:
+            due = start + sent / flood_rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            task = asyncio.create_task(one_flood(c))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.gather(*tasks)
+
+    limits = httpx.Limits(max_connections=clients + (256 if flood_rate else 0) + 8)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
         work = []
         for i in range(clients):
             t = i % TENANTS
             work.append(client(c, f"c{t}", [f"task{2 * t:03d}", f"task{2 * t + 1:03d}"],
                                statuses, True))
-        for _ in range(flood_clients):
-            work.append(client(c, "flood", [f"task{i:03d}" for i in range(TASKS)], flood, False))
+        if flood_rate:
+            work.append(flooding(c))
         await asyncio.gather(*work)
     return latencies, statuses, flood
 
@@ -248,7 +270,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter phases (about 10 minutes)")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--think-ms", type=float, default=100.0)
+    ap.add_argument("--think-ms", type=float, default=250.0)
     ap.add_argument("--train-jobs", type=int, default=3)
     ap.add_argument("--job-rows", type=int, default=96)
     ap.add_argument("--kill-trials", type=int, default=10)
@@ -294,12 +316,14 @@ def main() -> None:
             httpx.delete(f"{server.url}/v1/jobs/{j}", headers={"Authorization":
                                                                  f"Bearer {key('trainer')}"})
 
+        rate = 10 * idle["n"] / args.seconds  # 10 x the load the 16 clients sent when idle
         lat, st, flood = asyncio.run(load(server.url, texts, args.seconds, args.clients, think,
-                                          flood_clients=10 * args.clients))
+                                          flood_rate=rate))
         errors = sum(v for k, v in st.items() if k != 200)
         print(f"flood     others p50 {pct(lat, 0.5):7.1f} ms  p99 {pct(lat, 0.99):7.1f} ms  "
               f"{dict(st)}; flood tenant {dict(flood)}", flush=True)
-        record["flood"] = {"others": dict(st), "flood": {str(k): v for k, v in flood.items()},
+        record["flood"] = {"flood_rate": round(rate, 1), "others": dict(st),
+                           "flood": {str(k): v for k, v in flood.items()},
                            "others_p99_ms": pct(lat, 0.99)}
 
         trials, during = kill_trials(server, store, args)
