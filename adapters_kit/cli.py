@@ -312,6 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # flags win over ADAPTERS_KIT_* variables, which win over the defaults
     flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
                                            "device", *_SERVE_LIMITS)}
+    flags["jobs"] = args.jobs or None
     config = ServeConfig.from_env(**flags)
     if not args.ray:
         if args.replicas is not None or args.ray_address or args.ray_gpus_per_replica is not None:
@@ -337,7 +338,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 _SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int,
                  "max_request_rows": int, "queue_inputs": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
-                 "torch_threads": int, "store_poll_s": float, "store_cache_bytes": int}
+                 "torch_threads": int, "store_poll_s": float, "store_cache_bytes": int,
+                 "tenant_queue_inputs": int, "tenant_rate": float,
+                 "job_threads": int, "job_max_bytes": int, "job_max_rows": int,
+                 "tenant_queued_jobs": int, "tenant_running_jobs": int}
 
 
 def _device_flag(p: argparse.ArgumentParser, what: str = "where to run",
@@ -356,6 +360,42 @@ def _gpu_count(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a GPU count; give a fraction of one "
                                          "GPU (e.g. 0.5) or a whole number")
     return value
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """`jobs list|show|cancel`: the job table of a store, as the server sees it."""
+    from .jobs.table import JobTable, public_view
+
+    store = Path(args.store)
+    if not store.is_dir():
+        raise AdaptersKitError(f"store {store} is not a directory; pass --store DIR, the store "
+                               "the server was started with")
+    table = JobTable.for_store(store)
+    if args.action == "list":
+        jobs = [{**public_view(j), "tenant": j["tenant"]} for j in table.list(args.tenant, args.limit)]
+        if args.json:
+            _print_json({"jobs": jobs})
+        for j in [] if args.json else jobs:
+            p = j["progress"] or {}
+            step = f"{p.get('step', 0)}/{p.get('total_steps') or '?'}" if p else ""
+            print(f"{j['id']}  {j['tenant']:<12} {j['name']:<24} {j['state']:<10} {step:<10} "
+                  f"{j['created']}")
+        return 0
+    if not args.job_id:
+        raise AdaptersKitError(f"jobs {args.action} needs a job id; `adapters-kit jobs list "
+                               f"--store {store}` lists them")
+    job = table.cancel(args.job_id) if args.action == "cancel" else table.get(args.job_id)
+    if job is None:
+        raise AdaptersKitError(f"no job {args.job_id!r} in {store}; `adapters-kit jobs list "
+                               f"--store {store}` lists them")
+    view = {**public_view(job), "tenant": job["tenant"]}
+    if args.json or args.action == "show":
+        print(json.dumps(view, indent=None if args.json else 2, default=str))
+    else:
+        print(f"{job['id']}: {view['state']}" + (" (asked to stop; the worker ends it at its next "
+                                                 "progress report)" if view["state"] == "running"
+                                                 else ""))
+    return 0
 
 
 def _thread_count(text: str) -> int:
@@ -520,7 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-gpus-per-replica", type=_gpu_count, metavar="N",
                    help="with --ray: GPUs each engine replica asks Ray for, a fraction (0.5: "
                    "two replicas share one) or a whole number (default 0: the CPU)")
+    p.add_argument("--jobs", action="store_true", default=None,
+                   help="take training jobs (POST /v1/jobs) and run a trainer worker beside "
+                   "the server (README, section Training jobs)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("jobs", help="list, show or cancel the training jobs of a store")
+    p.add_argument("action", choices=["list", "show", "cancel"])
+    p.add_argument("job_id", nargs="?", help="the job (show, cancel)")
+    p.add_argument("--store", required=True, help="the store the server takes jobs for")
+    p.add_argument("--tenant", help="list only this tenant's jobs")
+    p.add_argument("--limit", type=int, default=100, help="list at most this many (newest first)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
     p.add_argument("--out", default="adapters-demo", help="where the demo writes its adapters")

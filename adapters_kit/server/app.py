@@ -38,6 +38,7 @@ from . import admin
 from .batcher import Batcher
 from .config import ServeConfig
 from .errors import ServeError, deadline_exceeded, unknown_task
+from .fairness import TenantRates
 from .limits import BodyLimit, JsonBodies, check_inputs
 from .metrics import ServerMetrics
 from .models import (
@@ -93,17 +94,35 @@ class Server:
         self.disabled: set[str] = set()  # unloaded by an admin: not served until loaded again
         self.admin_lock = asyncio.Lock()
         self.ready = False
+        self.rates = TenantRates(config.tenant_rate)
         self.engine_init(model)
+        self.jobs = None
+        if config.jobs:
+            from .jobs import JobService
+
+            self.jobs = JobService(self)
 
     def engine_init(self, model: MultiTaskModel | None) -> None:
         config = self.config
         self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity,
                                               precision=config.precision, device=config.device)
         self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
-        self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)))
-        self.batcher = Batcher(self.cache, config, self.metrics)
+        self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)),
+                                     config.metrics_tasks)
+        self.batcher = Batcher(self.cache, config, self.metrics, self.tenant_share())
         self.served_by = f"{socket.gethostname()}:{os.getpid()}"
         self.watcher = None  # a remote store's pointer poller, from start()
+
+    def tenant_share(self) -> int:
+        """Most inputs one tenant may have waiting: `tenant_queue_inputs`, or the queue split
+        evenly over the tenants (never less than one request's worth)."""
+        config = self.config
+        if config.tenant_queue_inputs:
+            return config.tenant_queue_inputs
+        if self.tenants.open:
+            return config.queue_inputs
+        callers = {t.name for t in self.tenants.by_key.values()}
+        return max(config.max_inputs, config.queue_inputs // max(1, len(callers)))
 
     def is_resident(self, name: str) -> bool:
         return name in self.model.tasks
@@ -132,10 +151,11 @@ class Server:
         """False once the engine has died: the process must be restarted (see serve())."""
         return not self.batcher.failed
 
-    async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
-        """(kind, outputs, response headers) for one request; raises ServeError."""
+    async def predict(self, task: str, inputs: list, deadline: float,
+                      tenant: str = "local") -> tuple[str, list, dict]:
+        """(kind, outputs, response headers) for one request of `tenant`; raises ServeError."""
         warm = self.is_resident(task)
-        kind_task, outputs = await self.batcher.submit(task, inputs, deadline)
+        kind_task, outputs = await self.batcher.submit(task, inputs, deadline, tenant)
         return kind_task.spec.kind, outputs, served_headers(self.served_by, warm)
 
     async def residents(self) -> dict[str, str]:
@@ -192,11 +212,15 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
     async def lifespan(app: FastAPI):
         srv.store.names()  # puts back what a writer killed mid-replace left aside
         await srv.start()
+        if srv.jobs is not None:
+            await srv.jobs.start()
         srv.ready = True
         try:
             yield
         finally:
             srv.ready = False
+            if srv.jobs is not None:
+                await srv.jobs.stop()
             await srv.stop()
 
     app = FastAPI(title="adapters-kit", version="1", lifespan=lifespan, summary=(
@@ -265,16 +289,27 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
     async def predict(body: PredictRequest, tenant: Caller):
         arrived = time.monotonic()
         if not (tenant.may_use(body.task) and srv.servable(body.task)):
-            raise unknown_task()
-        inputs = [x.model_dump() if hasattr(x, "model_dump") else x for x in body.inputs]
-        check_inputs(inputs, config)
-        deadline = arrived + config.deadline_s
+            raise unknown_task()  # not counted by task: a made-up name must not become a label
+        status = 500
         try:
-            kind, outputs, headers = await asyncio.wait_for(
-                srv.predict(body.task, inputs, deadline), deadline - time.monotonic())
-        except asyncio.TimeoutError:
-            srv.metrics.deadline_exceeded.labels("answer").inc()
-            raise deadline_exceeded(config.deadline_s) from None
+            srv.rates.admit(tenant.name)
+            inputs = [x.model_dump() if hasattr(x, "model_dump") else x for x in body.inputs]
+            check_inputs(inputs, config)
+            deadline = arrived + config.deadline_s
+            try:
+                kind, outputs, headers = await asyncio.wait_for(
+                    srv.predict(body.task, inputs, deadline, tenant.name),
+                    deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                srv.metrics.deadline_exceeded.labels("answer").inc()
+                raise deadline_exceeded(config.deadline_s) from None
+            status = 200
+        except ServeError as e:
+            status = e.status
+            raise
+        finally:
+            srv.metrics.observe_task(body.task, srv.is_resident(body.task), status,
+                                     time.monotonic() - arrived)
         return _json(200, {"task": body.task, "kind": kind, "outputs": outputs}, headers)
 
     @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS,
@@ -343,6 +378,13 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
             await srv.unload(name)
         return adapter_state(name, await srv.residents())
 
+    # -- training jobs (serve --jobs) -------------------------------------------------------------
+
+    if srv.jobs is not None:
+        from . import jobs
+
+        jobs.add_routes(app, srv, caller)
+
     # -- operations -----------------------------------------------------------------------------
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}},
@@ -366,7 +408,9 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
         await srv.refresh_metrics()
         return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return _Instrumented(BodyLimit(JsonBodies(app), config.max_body_bytes), app, srv.metrics)
+    uploads = {"/v1/jobs": config.job_max_bytes} if srv.jobs is not None else None
+    return _Instrumented(BodyLimit(JsonBodies(app), config.max_body_bytes, uploads), app,
+                         srv.metrics)
 
 
 class _Instrumented:

@@ -1,8 +1,13 @@
-"""Dynamic batching: one queue, one engine thread, mixed-task batches by a token budget.
+"""Dynamic batching: one queue shared fairly by tenants, one engine thread, mixed-task batches
+by a token budget.
 
-The asyncio side enqueues whole requests (task, inputs, future). The engine thread takes the
-first waiting request, then keeps taking requests for at most `max_wait_ms` or until the
-gathered rows reach `batch_tokens`. Each request's task is made resident (through the adapter
+The asyncio side enqueues whole requests (task, inputs, future), each in its tenant's line.
+Each tenant may hold at most its share of the queue (`tenant_inputs`); beyond it that tenant
+alone gets 429 with Retry-After. The engine thread takes requests from the tenants' lines in
+turn (one request of each tenant that has one waiting, round and round), so a tenant that
+floods the queue waits behind itself, not in front of the others. It takes the first request,
+then keeps taking requests for at most `max_wait_ms` or until the gathered rows reach
+`batch_tokens`. Each request's task is made resident (through the adapter
 cache) and leased, so a replace or unload during the batch never changes an answer halfway;
 its inputs are tokenised; all rows of all requests are sorted by length and cut into chunks
 whose padded size (rows x longest row) fits the token budget, so short texts are not padded to
@@ -20,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..engine.cache import AdapterCache
@@ -48,6 +53,8 @@ class Job:
     """time.monotonic() after which the request is not worth running."""
     chars: int = 0
     """Characters of all its inputs: the admission estimate's unit of work."""
+    tenant: str = "local"
+    """Whose request it is: the line it waits in."""
 
 
 ADMIT_SHARE = 0.5
@@ -63,6 +70,12 @@ have come back as a 504)."""
 DELIVERY_SLACK_S = 0.25
 """The engine plans to finish this long before a deadline: the answer still has to cross to
 the event loop, which may be busy with other callers, before the deadline's timer fires."""
+
+
+ACTIVE_S = 2.0
+"""A tenant that queued a request within this many seconds counts as sending: while several
+are, each may fill at most an equal share of a batch's token budget (its first request always
+fits)."""
 
 
 class _TooCostly(Exception):
@@ -95,12 +108,19 @@ def _settle(future: asyncio.Future, result=None, error: BaseException | None = N
 class Batcher:
     """Owns the request queue and the one thread that runs the engine."""
 
-    def __init__(self, cache: AdapterCache, config: ServeConfig, metrics: ServerMetrics) -> None:
+    def __init__(self, cache: AdapterCache, config: ServeConfig, metrics: ServerMetrics,
+                 tenant_inputs: int | None = None) -> None:
         self.cache = cache
         self.model = cache.model
         self.config = config
         self.metrics = metrics
-        self._queue: deque[Job] = deque()
+        self.tenant_inputs = tenant_inputs or config.tenant_queue_inputs or config.queue_inputs
+        """Most inputs one tenant may have waiting (its share of `queue_inputs`)."""
+        self._lines: OrderedDict[str, deque[Job]] = OrderedDict()  # tenant -> its waiting
+        # requests; the first tenant's turn is next
+        self._tenant_inputs: dict[str, int] = {}  # tenant -> inputs waiting
+        self._tenant_chars: dict[str, int] = {}  # tenant -> characters waiting
+        self._seen: dict[str, float] = {}  # tenant -> when it last queued a request
         self._pending = 0  # inputs queued, not yet taken by the engine thread
         self._cond = threading.Condition()
         self._stopping = False
@@ -124,16 +144,27 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stopping
 
-    def submit(self, task: str, inputs: list, deadline: float) -> asyncio.Future:
-        """Queue a request; its future gets the outputs or a ServeError. Never blocks."""
+    def submit(self, task: str, inputs: list, deadline: float,
+               tenant: str = "local") -> asyncio.Future:
+        """Queue a request in `tenant`'s line; its future gets the outputs or a ServeError.
+        Never blocks."""
         loop = asyncio.get_running_loop()
         job = Job(task, inputs, loop, loop.create_future(), deadline,
-                  sum(input_chars(x) for x in inputs))
+                  sum(input_chars(x) for x in inputs), tenant)
         with self._cond:
             if self._stopping:
                 raise ServeError(503, "shutting_down", "the server is shutting down; retry "
                                  "against another instance or after it restarts")
-            wait = self.expected_wait(job.chars)
+            mine = self._tenant_inputs.get(tenant, 0)
+            if self.tenant_inputs < self.config.queue_inputs and mine + len(inputs) > self.tenant_inputs:
+                # this tenant's share is full: it alone is refused, the others keep theirs
+                self.metrics.rejected.labels("tenant_queue_full").inc()
+                raise ServeError(429, "tenant_overloaded", f"this API key's share of the queue is "
+                                 f"full ({mine} of its inputs waiting, at most "
+                                 f"{self.tenant_inputs} per tenant); retry after "
+                                 f"{self.config.retry_after_s} s or send fewer requests at once",
+                                 headers={"Retry-After": str(self.config.retry_after_s)})
+            wait = self.expected_wait(job.chars, tenant)
             if wait is not None and wait > ADMIT_SHARE * (deadline - time.monotonic()):
                 # It would wait past its deadline and get 504 after holding a place: refused
                 # now, while the caller can still go elsewhere.
@@ -149,21 +180,31 @@ class Batcher:
                                  f"{self.config.queue_inputs}); retry after "
                                  f"{self.config.retry_after_s} s",
                                  headers={"Retry-After": str(self.config.retry_after_s)})
-            self._queue.append(job)
+            self._lines.setdefault(tenant, deque()).append(job)
+            self._seen[tenant] = time.monotonic()
+            self._tenant_inputs[tenant] = mine + len(inputs)
+            self._tenant_chars[tenant] = self._tenant_chars.get(tenant, 0) + job.chars
             self._pending += len(inputs)
             self._pending_chars += job.chars
             self.metrics.queue_depth.set(self._pending)
             self._cond.notify()
         return job.future
 
-    def expected_wait(self, chars: int) -> float | None:
-        """Seconds until a request of `chars` characters would be answered, from the queue's
-        characters, the batch running now and the engine's recent rate; None while the engine
-        is idle or its rate is not yet known (a request is never refused for its own size
-        alone)."""
+    def expected_wait(self, chars: int, tenant: str | None = None) -> float | None:
+        """Seconds until a request of `chars` characters of `tenant` would be answered, from the
+        batch running now, the queue's characters and the engine's recent rate; None while the
+        engine is idle or its rate is not yet known (a request is never refused for its own size
+        alone). Tenants take turns, so of another tenant's line only as much runs first as this
+        tenant has waiting, its new request included (None: one line, first come first
+        served)."""
         if not (self._pending_chars or self._batch_chars) or not self._chars_per_s:
             return None
-        return (self._pending_chars + self._batch_chars + chars) / self._chars_per_s
+        if tenant is None:
+            ahead = self._pending_chars + chars
+        else:
+            mine = self._tenant_chars.get(tenant, 0) + chars
+            ahead = mine + sum(min(c, mine) for t, c in self._tenant_chars.items() if t != tenant)
+        return (ahead + self._batch_chars) / self._chars_per_s
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new requests, run every queued one, then end the engine thread."""
@@ -249,7 +290,10 @@ class Batcher:
     def _fail_queued(self) -> None:
         with self._cond:
             self._stopping = True
-            jobs, self._queue = list(self._queue), deque()
+            jobs = [job for line in self._lines.values() for job in line]
+            self._lines.clear()
+            self._tenant_inputs.clear()
+            self._tenant_chars.clear()
             self._pending = self._pending_chars = 0
             carried, self._carry = self._carry, None
         if carried is not None:
@@ -264,14 +308,23 @@ class Batcher:
         """The next queued job, waiting up to `timeout` (None: until one comes or a stop)."""
         with self._cond:
             end = None if timeout is None else time.monotonic() + timeout
-            while not self._queue:
+            while not self._lines:
                 if self._stopping:
                     return None
                 remaining = None if end is None else end - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            job = self._queue.popleft()
+            tenant, line = next(iter(self._lines.items()))
+            job = line.popleft()
+            if line:
+                self._lines.move_to_end(tenant)  # the next tenant's turn
+            else:
+                del self._lines[tenant]
+            left = self._tenant_inputs.pop(tenant) - len(job.inputs)
+            chars = self._tenant_chars.pop(tenant) - job.chars
+            if left > 0 or line:
+                self._tenant_inputs[tenant], self._tenant_chars[tenant] = left, chars
             self._pending -= len(job.inputs)
             self._pending_chars -= job.chars
             self.metrics.queue_depth.set(self._pending)
@@ -290,24 +343,42 @@ class Batcher:
         self._batch_started = time.monotonic()  # work from here: the idle wait is not counted
         batch: list[_Prepared] = []
         tokens, earliest = 0, float("inf")
+        share = self.config.batch_tokens / self._active_tenants()
+        mine: dict[str, int] = {}  # tenant -> its tokens in this batch
         end = time.monotonic() + self.config.max_wait_ms / 1000
         while carried is not None or job is not None:
             prepared, carried = (carried, None) if carried is not None else (self._prepare(job), None)
             if prepared is not None:
                 cost = sum(len(r.ids) for rows in prepared.rows for r in rows)
+                tenant = prepared.job.tenant
                 if self._cannot_finish(prepared, tokens + cost):
                     self._shed(prepared)
-                elif batch and self._ends_after(tokens + cost, earliest):
-                    self._carry = prepared  # it would make the batch late for another request
+                elif batch and (self._ends_after(tokens + cost, earliest)
+                                or 0 < mine.get(tenant, 0) < mine.get(tenant, 0) + cost > share):
+                    # it would make the batch late for another request, or take more than its
+                    # tenant's share of a batch while other tenants are sending: a tenant that
+                    # floods the server would otherwise fill every batch, and each other
+                    # tenant's request would wait for a whole full batch before its own
+                    self._carry = prepared
                     break
                 else:
                     batch.append(prepared)
                     tokens += cost
+                    mine[tenant] = mine.get(tenant, 0) + cost
                     earliest = min(earliest, prepared.job.deadline)
             if tokens >= self.config.batch_tokens:
                 break
             job = self._take(max(0.0, end - time.monotonic()))
         return batch
+
+    def _active_tenants(self) -> int:
+        """Tenants that sent a request within the last ACTIVE_S seconds (at least 1)."""
+        now = time.monotonic()
+        with self._cond:
+            for tenant, seen in list(self._seen.items()):
+                if now - seen > ACTIVE_S:
+                    del self._seen[tenant]
+            return max(1, len(self._seen))
 
     def _ends_after(self, tokens: int, deadline: float) -> bool:
         """Would a batch of `tokens` word pieces, started now, end after `deadline` (less the

@@ -95,6 +95,33 @@ class ServeConfig:
     cache's `objects`)."""
     store_cache_bytes: int = 2 << 30
     """A remote store: the local cache's bound in bytes (least recently used versions go)."""
+    # -- fair sharing (issue 15) --
+    tenant_queue_inputs: int = 0
+    """Most inputs one tenant may have waiting: its share of `queue_inputs`; past it that tenant
+    alone gets 429 with Retry-After. 0: `queue_inputs` split evenly over the keys file's
+    tenants (the admin key counts as one); the whole queue without a keys file."""
+    tenant_rate: float = 0.0
+    """Most predict requests a second per tenant (bursts of one second's worth); over it, 429
+    with Retry-After. 0: no rate limit."""
+    metrics_tasks: int = 32
+    """Most tasks named in the per-task metrics; the others are counted as task="other"."""
+    # -- training jobs (issue 15) --
+    jobs: bool = False
+    """Take training jobs (POST /v1/jobs) and run a trainer worker process beside the server."""
+    job_threads: int = 1
+    """torch threads of the trainer worker; with `torch_threads` 0 the engine gets the rest."""
+    job_max_bytes: int = 32 << 20
+    """Largest upload of a job's labelled file; a larger one gets 413."""
+    job_max_rows: int = 200_000
+    """Most rows in a job's file; more gets 422."""
+    tenant_queued_jobs: int = 8
+    """Most queued jobs per tenant; more gets 429."""
+    tenant_running_jobs: int = 2
+    """Most jobs of one tenant training at once (the others wait in the queue)."""
+    job_group_rows: int = 20_000
+    """Most training rows the worker trains together in one run."""
+    job_group_tasks: int = 8
+    """Most jobs the worker trains together in one run."""
 
     def __post_init__(self) -> None:
         remote = isinstance(self.store, str) and "://" in self.store
@@ -126,7 +153,7 @@ class ServeConfig:
             value = getattr(self, f.name)
             if f.name == "port" or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if value < 0 or (value == 0 and f.name != "torch_threads"):  # threads 0: auto
+            if value < 0 or (value == 0 and f.name not in _ZERO_MEANS):
                 problems.append(f"{f.name} must be > 0, got {value}")
         if self.max_inputs > self.queue_inputs:
             problems.append(f"max_inputs {self.max_inputs} exceeds queue_inputs "
@@ -168,8 +195,14 @@ class ServeConfig:
             raise ServeConfigError(f"{e}\n  set from the environment: {', '.join(from_env)}") from None
 
     def engine_threads(self, replicas: int = 1) -> int:
-        """The torch threads of one engine: `torch_threads`, or its share of the cores."""
-        return self.torch_threads or max(1, (os.cpu_count() or 1) // replicas)
+        """The torch threads of one engine: `torch_threads`, or its share of the cores (less
+        the trainer worker's threads when it runs beside the engine)."""
+        worker = self.job_threads if self.jobs else 0
+        return self.torch_threads or max(1, ((os.cpu_count() or 1) - worker) // replicas)
+
+
+_ZERO_MEANS = {"torch_threads", "tenant_queue_inputs", "tenant_rate"}
+"""Fields whose 0 means 'automatic' or 'off' rather than a bad value."""
 
 
 def _parse(text: str, hint):
@@ -192,6 +225,11 @@ def _parse(text: str, hint):
         if not math.isfinite(value):
             raise ValueError("a finite number")
         return value
+    if hint is bool:
+        value = text.strip().lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError("true or false (1/0, yes/no, on/off)")
+        return value in ("1", "true", "yes", "on")
     if hint is Path:
         if not text.strip():
             raise ValueError("a path")

@@ -14,27 +14,38 @@ def _too_large(limit: int) -> bytes:
                       .body()).encode()
 
 
+def _upload_too_large(limit: int) -> bytes:
+    return json.dumps(ServeError(413, "upload_too_large", f"the upload is larger than {limit} "
+                                 "bytes (job_max_bytes); send a smaller file, e.g. a sample of "
+                                 "its rows").body()).encode()
+
+
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes gets 413 without being read whole.
 
     A declared Content-Length over the limit is refused at once; a chunked body is read up
     to the limit and refused as soon as it passes it. A body within the limit is handed on.
+    `uploads`: path -> the limit of the file uploads POSTed there (a job's labelled file).
     """
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app, limit: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.uploads = uploads or {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        upload = scope.get("path") in self.uploads
+        limit = self.uploads[scope["path"]] if upload else self.default
+        refusal = (_upload_too_large if upload else _too_large)(limit)
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                if int(declared) > self.limit:
-                    await self._refuse(send)
+                if int(declared) > limit:
+                    await self._refuse(send, refusal)
                     return
             except ValueError:
                 pass  # the server's HTTP parser rejects a malformed length itself
@@ -45,8 +56,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, refusal)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -62,8 +73,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send) -> None:
-        body = _too_large(self.limit)
+    @staticmethod
+    async def _refuse(send, body: bytes) -> None:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),

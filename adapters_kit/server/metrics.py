@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,8 +42,32 @@ class _CacheCollector:
         yield g
 
 
+OTHER_TASKS = "other"
+"""The task label of every task past the first `limit` named ones (see TaskLabels)."""
+
+
+class TaskLabels:
+    """The `task` label of the per-task metrics, with the label set bounded: a task is named
+    once it has been resident (so only real, loaded tasks are named, never a caller's
+    made-up name) while fewer than `limit` are named; every other task counts as `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._named: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, task: str, resident: bool) -> str:
+        if task in self._named:
+            return task
+        with self._lock:
+            if resident and len(self._named) < self.limit:
+                self._named.add(task)
+                return task
+        return OTHER_TASKS
+
+
 class ServerMetrics:
-    def __init__(self, cache_figures: CacheFigures) -> None:
+    def __init__(self, cache_figures: CacheFigures, task_labels: int = 32) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("adapters_kit_requests", "HTTP requests by route and status",
@@ -65,4 +90,16 @@ class ServerMetrics:
             "adapters_kit_deadline_exceeded", "requests answered 504, by where their time ran "
             "out: queued (taken after it), in_batch (between chunks), answer (the batch ran "
             "past it)", ["where"], registry=r)
+        self.task_label = TaskLabels(task_labels)
+        self.task_requests = Counter("adapters_kit_task_requests", "predict requests by task and "
+                                     "status (tasks past the label limit: task=\"other\")",
+                                     ["task", "status"], registry=r)
+        self.task_latency = Histogram("adapters_kit_task_seconds", "predict latency by task "
+                                      "(tasks past the label limit: task=\"other\")", ["task"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)
         r.register(_CacheCollector(cache_figures))
+
+    def observe_task(self, task: str, resident: bool, status: int, seconds: float) -> None:
+        label = self.task_label(task, resident)
+        self.task_requests.labels(label, str(status)).inc()
+        self.task_latency.labels(label).observe(seconds)

@@ -180,7 +180,9 @@ class RayServer(Server):
         # (EngineReplica.check_health) and Ray replaces it.
         return True
 
-    async def predict(self, task: str, inputs: list, deadline: float) -> tuple[str, list, dict]:
+    async def predict(self, task: str, inputs: list, deadline: float,
+                      tenant: str = "local") -> tuple[str, list, dict]:
+        # each replica's queue is shared by tenants without lines of their own (not yet fair)
         handle = self.engine.options(multiplexed_model_id=task)
         answer = await handle.predict.remote(inputs, deadline - time.monotonic())
         headers = served_headers(answer["served_by"], answer["warm"])
