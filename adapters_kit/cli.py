@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          head=args.head, max_train_examples=args.max_train_examples,
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
-                         class_weights=args.class_weights,
+                         class_weights=args.class_weights, quantize=args.quantize,
+                         double_quant=args.double_quant, optim=args.optim,
                          resume=not args.no_resume, progress=not args.json)
     with warnings.catch_warnings():  # reported below, once, as the output format wants
         warnings.simplefilter("ignore", QualityWarning)
@@ -217,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # flags win over ADAPTERS_KIT_* variables, which win over the defaults
     flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
-                                           *_SERVE_LIMITS)}
+                                           "quantize", *_SERVE_LIMITS)}
     config = ServeConfig.from_env(**flags)
     if not args.ray:
         if args.replicas is not None or args.ray_address:
@@ -295,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="training matmuls: auto = bf16 where the hardware is native (default)")
+    p.add_argument("--quantize", choices=["8bit", "4bit"],
+                   help="QLoRA: train on a bitsandbytes 8-bit or 4-bit (NF4) base; needs "
+                   "pip install 'adapters-kit[quant]' (README, Quantized bases)")
+    p.add_argument("--double-quant", action="store_true",
+                   help="with --quantize 4bit: quantize the blocks' scales too")
+    p.add_argument("--optim", choices=["adamw", "adamw8bit"], default="adamw",
+                   help="adamw (torch) or adamw8bit (bitsandbytes' 8-bit moments)")
     p.add_argument("--dropout", type=float,
                    help="override every dropout of the model and LoRA during training")
     p.add_argument("--seed", type=int, default=0)
@@ -346,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="engine matmul precision: fp32 (default, exact) or bf16 (faster on "
                    "CPUs with bf16 units)")
+    p.add_argument("--quantize", choices=["8bit", "4bit"],
+                   help="serve on a bitsandbytes 8-bit or 4-bit (NF4) base (README, Quantized bases)")
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve: engine replicas, requests routed by task (README, "
                    "section Serving on Ray)")

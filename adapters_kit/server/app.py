@@ -96,7 +96,8 @@ class Server:
     def engine_init(self, model: MultiTaskModel | None) -> None:
         config = self.config
         self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity,
-                                              precision=config.precision)
+                                              precision=config.precision,
+                                              quantize=config.quantize)
         self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
         self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)))
         self.batcher = Batcher(self.cache, config, self.metrics)

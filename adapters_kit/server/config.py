@@ -76,6 +76,9 @@ class ServeConfig:
     precision: str = "fp32"
     """The engine's matmul precision: fp32 (matches plain peft within 1e-5) or bf16 (autocast;
     about 2x faster matmuls on CPUs with bf16 units, outputs move by bf16 rounding)."""
+    quantize: str | None = None
+    """Serve on a bitsandbytes base: `8bit` or `4bit` (NF4), or None for the full-precision base
+    (README, "Quantized bases"). Adapters of either base load, with a logged note across bases."""
     capacity: int = 16
     """Initial adapter slots in the engine (it grows as needed)."""
     shutdown_grace_s: float = 30.0
@@ -89,6 +92,12 @@ class ServeConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}; "
                             "pass --precision fp32 (exact) or bf16 (faster)")
+        if self.quantize not in (None, "8bit", "4bit"):
+            problems.append(f"quantize {self.quantize!r} is not 8bit or 4bit; pass --quantize "
+                            "8bit|4bit, or leave it out for the full-precision base")
+        elif self.quantize is not None and self.precision != "fp32":
+            problems.append(f"precision {self.precision!r} with quantize {self.quantize!r}: a "
+                            "quantized base's kernels set their own compute type; use fp32")
         if not self.store.is_dir():
             problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
                             "adapter directories (adapters-kit train ... --out DIR/TASK)")

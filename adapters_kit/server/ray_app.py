@@ -55,7 +55,8 @@ class EngineReplica:
 
         torch.set_num_threads(config.torch_threads)
         self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
-                                    precision=config.precision)
+                                    precision=config.precision,
+                                    quantize=config.quantize)
         self.cache = AdapterCache(self.model, AdapterStore(config.store), config.cache_bytes)
         self.batcher = Batcher(self.cache, config,
                                ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..backbones.quantize import Quantization
 from ..kinds import kind_of
 from ..tasks import TaskSpec, get_task
 from .checkpoint import Checkpoint, run_key
@@ -19,6 +20,7 @@ from .data import load_data
 from .distributed import Processes
 from .evaluate import DevEvaluator, predict_logits, predict_outputs
 from .fit import PROGRESS_SECONDS, EarlyStopping, Fit, FitState
+from .qlora import quantized_base
 from .save import TrainResult, save
 from .setup import (
     Steps,
@@ -66,7 +68,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         backbone = Backbone.resolve(run.backbone)
         data = load_data(kind, run, backbone.tokenizer())
         base = kind.load_model(backbone, run.task.num_outputs)
-    base_fp = kind.base_fingerprint(backbone, base)
+    base_fp = kind.base_fingerprint(backbone, base)  # the unquantized base's, whatever `quantize`
+    quantization = Quantization.of(run.quantize, run.double_quant)
+    if quantization is not None:  # QLoRA
+        base = quantized_base(kind, backbone, run.task.num_outputs, quantization)
 
     # Seeded again: building a base's head folder the first time draws random numbers, and the
     # LoRA init must not depend on whether that cache was warm (nor on which process built it).

@@ -104,12 +104,18 @@ class Steps:
                    warmup=int(run.warmup_ratio * total))
 
 
-def optimizer_for(params: dict[str, torch.nn.Parameter], run: ResolvedConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (biases, norms) do not."""
+def optimizer_for(params: dict[str, torch.nn.Parameter], run: ResolvedConfig) -> torch.optim.Optimizer:
+    """AdamW (`run.optim`: torch's, or bitsandbytes' 8-bit); matrices decay, vectors (biases,
+    norms) do not."""
     decay = [p for p in params.values() if p.dim() > 1]
     no_decay = [p for p in params.values() if p.dim() <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": run.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=run.learning_rate)
+    groups = [{"params": decay, "weight_decay": run.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if run.optim == "adamw8bit":
+        from .qlora import adamw8bit
+
+        return adamw8bit(groups, run.learning_rate)
+    return torch.optim.AdamW(groups, lr=run.learning_rate)
 
 
 def schedule_for(optimizer: torch.optim.Optimizer, steps: Steps):
