@@ -7,8 +7,9 @@ values): distilbert-base-uncased (6 layers, 768 wide) and albert-base-v2 (one 76
 shared 12 times, 128-wide embeddings). For each shape and base (fp32, int8, nf4), in a fresh
 process each:
   memory      `get_memory_footprint()` of the loaded sequence-classification base, and the
-              process RSS it adds (RSS after loading, minus RSS before, after gc and
-              malloc_trim);
+              process RSS it adds (RSS after loading and reading every tensor once, minus
+              RSS before, after gc and malloc_trim: safetensors maps the file lazily, so an
+              fp32 weight costs RSS only once read, as serving reads it);
   throughput  the serving engine's rows/s on a mixed batch (B rows of L tokens, K=4 adapters,
               r=8 on q/v plus the small head), median of `--reps` passes after one warm-up;
               its ratio to the fp32 engine of the same shape, measured in the same run.
@@ -60,6 +61,9 @@ def child(folder: str, mode: str | None, rows: int, length: int, reps: int) -> d
     before = rss()
     model = bb.load_model(2, quantize=mode)
     footprint = model.get_memory_footprint()
+    with torch.no_grad():  # safetensors maps the file lazily: read every tensor once
+        for t in model.state_dict().values():
+            t.float().sum() if t.is_floating_point() else t.sum()
     added = rss() - before
     del model
     gc.collect()
