@@ -134,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          seed=args.seed, max_seconds=args.max_seconds, overwrite=args.overwrite,
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
                          class_weights=args.class_weights, device=str(_device(args)),
+                         quantize=args.quantize, double_quant=args.double_quant, optim=args.optim,
                          **_variants(args),
                          resume=not args.no_resume, progress=not args.json)
     with warnings.catch_warnings():  # reported below, once, as the output format wants
@@ -311,7 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # flags win over ADAPTERS_KIT_* variables, which win over the defaults
     flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
-                                           "device", *_SERVE_LIMITS)}
+                                           "device", "quantize", *_SERVE_LIMITS)}
     flags["jobs"] = args.jobs or None
     config = ServeConfig.from_env(**flags)
     if not args.ray:
@@ -451,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training matmuls: auto (default) = on a GPU bf16 where native, else "
                    "fp16 with a grad scaler; on the CPU bf16 where native, else fp32")
     _device_flag(p)
+    p.add_argument("--quantize", choices=["8bit", "4bit"],
+                   help="QLoRA: train on a bitsandbytes 8-bit or 4-bit (NF4) base; needs "
+                   "pip install 'adapters-kit[quant]' (README, Quantized bases)")
+    p.add_argument("--double-quant", action="store_true",
+                   help="with --quantize 4bit: quantize the blocks' scales too")
+    p.add_argument("--optim", choices=["adamw", "adamw8bit"], default="adamw",
+                   help="adamw (torch) or adamw8bit (bitsandbytes' 8-bit moments)")
     p.add_argument("--dropout", type=float,
                    help="override every dropout of the model and LoRA during training")
     p.add_argument("--seed", type=int, default=0)
@@ -551,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine matmul precision: fp32 (default, exact), bf16 (faster on "
                    "CPUs with bf16 units and recent GPUs), or auto (bf16 on such a GPU, else fp32)")
     _device_flag(p, default=None)
+    p.add_argument("--quantize", choices=["8bit", "4bit"],
+                   help="serve on a bitsandbytes 8-bit or 4-bit (NF4) base (README, Quantized bases)")
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve: engine replicas, requests routed by task (README, "
                    "section Serving on Ray)")

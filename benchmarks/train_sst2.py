@@ -1,9 +1,12 @@
 """SST-2 on an embedded backbone: dev accuracy, training time, adapter size, TF-IDF baseline.
 
     python benchmarks/train_sst2.py [--backbone embedded-albert] [--head full] [--device cuda]
+    python benchmarks/train_sst2.py --quantize 8bit|4bit [--double-quant] [--optim adamw8bit]
 
 Trains on the first 20,000 rows of SST-2 train after a seeded shuffle and scores the GLUE dev
-set. The last line printed is one JSON object.
+set. `--quantize` trains QLoRA on a bitsandbytes base (README, "Quantized bases"); the JSON adds
+`quantize` and `base_bytes` (the base's `get_memory_footprint()`, quantized or not). The last
+line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -34,19 +37,25 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="training time budget; the best checkpoint so far is kept")
     ap.add_argument("--evals-per-epoch", type=int, default=1)
+    ap.add_argument("--quantize", default=None, choices=["8bit", "4bit"],
+                    help="QLoRA on a bitsandbytes 8-bit or 4-bit (NF4) base")
+    ap.add_argument("--double-quant", action="store_true", help="with --quantize 4bit")
+    ap.add_argument("--optim", default="adamw", choices=["adamw", "adamw8bit"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     require_shared("sst2", "train.tsv")
 
     spec = get_task("sst2")
-    out = Path(args.out or tempfile.mkdtemp(prefix="sst2-")) / f"sst2-{args.backbone}-{args.head}"
+    out = Path(args.out or tempfile.mkdtemp(prefix="sst2-")) / \
+        f"sst2-{args.backbone}-{args.head}-{args.quantize or 'fp32'}"
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          head=args.head, max_train_examples=args.train_examples, seed=args.seed,
                          max_seconds=args.max_seconds, precision=args.precision,
                          evals_per_epoch=args.evals_per_epoch, dropout=args.dropout,
-                         lora_dropout=args.dropout, device=args.device,
+                         lora_dropout=args.dropout, device=args.device, quantize=args.quantize,
+                         double_quant=args.double_quant, optim=args.optim,
                          overwrite=True, resume=False)
     result = train(spec, out, config)
     print(f"dev accuracy {result.metrics['accuracy']:.4f} | TF-IDF {result.baseline['accuracy']:.4f}"
@@ -54,6 +63,12 @@ def main() -> None:
           f"adapter {result.adapter_bytes:,} bytes | {out}")
     import json
 
+    from adapters_kit.backbones import Backbone
+    from adapters_kit.backbones.quantize import Quantization
+
+    base_bytes = Backbone.resolve(args.backbone).load_model(
+        2, quantize=Quantization.of(args.quantize, args.double_quant)).get_memory_footprint()
+    print(f"base {args.quantize or 'fp32'}: {base_bytes:,} bytes")
     training = json.loads((out / "task.json").read_text())["training"]
     emit({"backbone": args.backbone, "head": args.head, "targets": training["targets"],
           "rank": training["rank"], "learning_rate": training["learning_rate"],
@@ -65,7 +80,8 @@ def main() -> None:
           "adapter_bytes": result.adapter_bytes,
           "tfidf_accuracy": round(result.baseline["accuracy"], 4),
           "best_step": result.history.get("best_step"), "evals": result.history.get("evals"),
-          "path": str(out)})
+          "quantize": args.quantize, "double_quant": args.double_quant, "optim": args.optim,
+          "base_bytes": base_bytes, "path": str(out)})
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ MAX_EXTRA_FILE_BYTES = 64 << 20
 MAX_HEADER_BYTES = 16 << 20
 """A safetensors header (the JSON table of tensors) is refused unread beyond this."""
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+QUANTIZE_MODES = ("8bit", "4bit")
+"""What `backbone.quantization.mode` may say (backbones.quantize's modes)."""
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -121,6 +123,14 @@ def task_problems(meta) -> tuple[TaskSpec | None, list[str]]:
         out.append("backbone must be an object with the base's fingerprint (a string)")
     elif not isinstance(backbone.get("name", ""), (str, type(None))):
         out.append(f"backbone.name must be a string, got {shown(backbone.get('name'))}")
+    elif backbone.get("quantization") is not None and not (
+            isinstance(backbone["quantization"], dict)
+            and backbone["quantization"].get("mode") in QUANTIZE_MODES
+            and isinstance(backbone["quantization"].get("double_quant", False), bool)):
+        # trained on a bitsandbytes base (QLoRA): the fingerprint is still the unquantized base's
+        out.append(f"backbone.quantization must be null or an object with mode one of "
+                   f"{list(QUANTIZE_MODES)} and a boolean double_quant, got "
+                   f"{shown(backbone['quantization'])}")
     task = meta.get("task")
     spec = None
     if not isinstance(task, dict):

@@ -254,17 +254,27 @@ class Backbone:
     @quiet_transformers()
     def load_model(self, num_labels: int, problem_type: str | None = None,
                    auto_class: str = "AutoModelForSequenceClassification",
-                   head: str = HEAD_OUT) -> torch.nn.Module:
+                   head: str = HEAD_OUT, quantize=None) -> torch.nn.Module:
         """The base with a transformers head (`auto_class`, whose output layer is `head`),
-        exactly as plain peft users load it. A task's kind knows which: `Kind.load_model`."""
+        exactly as plain peft users load it. A task's kind knows which: `Kind.load_model`.
+
+        `quantize`: a `quantize.Quantization` (or "8bit"/"4bit") for a bitsandbytes base."""
         import transformers
+
+        from .quantize import Quantization
 
         cls = getattr(transformers, auto_class)
         kwargs = {"problem_type": problem_type} if problem_type else {}
+        quant = Quantization.of(quantize)
+        if quant is not None:
+            kwargs.update(quant.load_kwargs())
         with warnings.catch_warnings():  # the shared base folder holds the other kinds' layers
             warnings.filterwarnings("ignore", message=".*were not used when initializing.*")
             model = cls.from_pretrained(str(self.head_dir(num_labels, head)),
                                         num_labels=num_labels, **kwargs)
+        if quant is not None:
+            quant.finish(model)
+            model._adapters_kit_quantization = quant
         return model.eval()
 
     def fingerprint(self) -> str:

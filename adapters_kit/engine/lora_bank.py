@@ -278,8 +278,10 @@ def wrap(model: nn.Module, path: str, router: Router) -> LoraBankLinear:
         return module
     if not isinstance(module, nn.Linear):
         raise TypeError(f"{path} is a {type(module).__name__}, not a linear layer")
+    from .quantized_bank import bank_for  # a bitsandbytes linear gets the bank that never merges
+
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    bank = LoraBankLinear(module, router)
+    bank = bank_for(module)(module, router)
     setattr(parent, child, bank)
     return bank

@@ -23,13 +23,15 @@ from pathlib import Path
 import torch
 
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
-from ..backbones import HEAD_DENSE_PATH, Backbone, encoder, fingerprint
+from ..backbones import HEAD_DENSE_PATH, Backbone, encoder
+from ..backbones.quantize import Quantization
 from ..data import collate
 from ..devices import engine_precision, resolve_device
 from ..errors import AdapterFileError, DataError, UnknownTaskError
 from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
 from .lora_bank import LoraBankLinear, Place, Router, rank_bucket, wrap
+from .quantized_bank import load_base, log, quantization_note
 
 TextInput = str | tuple[str, str] | list[str] | dict
 
@@ -200,7 +202,8 @@ class MultiTaskModel:
     a GPU that runs it natively, else fp32)."""
 
     def __init__(self, backbone: str | Path = "embedded-distilbert", capacity: int = 8,
-                 precision: str = "fp32", device: str | torch.device = "auto") -> None:
+                 precision: str = "fp32", device: str | torch.device = "auto",
+                 quantize: str | Quantization | None = None, double_quant: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}; fp32 "
                              "matches plain peft exactly, bf16 is faster on CPUs with bf16 units "
@@ -209,14 +212,17 @@ class MultiTaskModel:
         # bf16: the base's matmuls (and the LoRA factors') run under bf16 autocast; weights,
         # heads, norms and the returned outputs stay fp32.
         self.precision = engine_precision(precision, device)
+        # quantize: a bitsandbytes base ("8bit" or "4bit"; see engine/quantized_bank.py)
+        self.quantization = Quantization.of(quantize, double_quant)
+        if self.quantization is not None and self.precision != "fp32":
+            raise ValueError(f"precision {precision!r} with quantize={self.quantization.mode!r}: a "
+                             "quantized base's kernels choose their own compute type; use fp32")
         self.backbone = Backbone.resolve(backbone)
         self.arch = self.backbone.arch
-        self.model = self.backbone.load_model(num_labels=1)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.fingerprint = fingerprint(self.model)  # of the CPU copy: no device round trip
-        self.model.to(device)
-        self._max_adapter_bytes = 2 * 4 * sum(p.numel() for p in self.model.parameters()) + (64 << 20)
+        # the fingerprint is taken of the CPU copy (no device round trip)
+        self.model, self.fingerprint, numel = load_base(self.backbone, self.quantization)
+        self.model.to(device)  # bitsandbytes quantizes a 4-bit layer's weights as they move
+        self._max_adapter_bytes = 2 * 4 * numel + (64 << 20)
         self.tokenizer = self.backbone.tokenizer()
         self.router = Router()
         self.dense_name = HEAD_DENSE_PATH[self.arch]
@@ -321,6 +327,10 @@ class MultiTaskModel:
 
     def _resident(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, dict]:
         check_against_base(files, self.model, self.fingerprint)
+        note = quantization_note(files.task["backbone"].get("quantization"), self.quantization,
+                                 files.path)
+        if note:
+            log.info(note)
         spec = files.spec
         hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") \
             else self.model.config.dim

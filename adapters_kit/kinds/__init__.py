@@ -101,9 +101,11 @@ class Kind:
         its resolved config)."""
         raise NotImplementedError
 
-    def load_model(self, backbone, num_outputs: int):
-        """The base with this kind's transformers head, as plain peft users load it."""
-        return backbone.load_model(num_outputs, self.problem_type, self.auto_class, self.head)
+    def load_model(self, backbone, num_outputs: int, quantize=None):
+        """The base with this kind's transformers head, as plain peft users load it (`quantize`:
+        a bitsandbytes base, see `backbones.quantize`)."""
+        return backbone.load_model(num_outputs, self.problem_type, self.auto_class, self.head,
+                                   quantize=quantize)
 
     def base_fingerprint(self, backbone, model) -> str:
         """The fingerprint an adapter of this kind records (see backbones.fingerprint)."""

@@ -105,7 +105,8 @@ class Server:
     def engine_init(self, model: MultiTaskModel | None) -> None:
         config = self.config
         self.model = model or MultiTaskModel(config.backbone, capacity=config.capacity,
-                                              precision=config.precision, device=config.device)
+                                              precision=config.precision, device=config.device,
+                                              quantize=config.quantize)
         self.cache = AdapterCache(self.model, self.store, config.cache_bytes)
         self.metrics = ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks)),
                                      config.metrics_tasks)

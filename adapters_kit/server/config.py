@@ -83,6 +83,9 @@ class ServeConfig:
     """Where the engine runs: auto (a GPU when one is visible, else the CPU), cpu, cuda or
     cuda:N. Only the name is checked here; the engine checks the GPU is there when it starts
     (on Ray, on the replica's machine)."""
+    quantize: str | None = None
+    """Serve on a bitsandbytes base: `8bit` or `4bit` (NF4), or None for the full-precision base
+    (README, "Quantized bases"). Adapters of either base load, with a logged note across bases."""
     capacity: int = 16
     """Initial adapter slots in the engine (it grows as needed)."""
     shutdown_grace_s: float = 30.0
@@ -137,6 +140,12 @@ class ServeConfig:
         bad_device = device_problem(self.device)
         if bad_device:
             problems.append(f"{bad_device}; pass --device auto, cpu, cuda or cuda:N")
+        if self.quantize not in (None, "8bit", "4bit"):
+            problems.append(f"quantize {self.quantize!r} is not 8bit or 4bit; pass --quantize "
+                            "8bit|4bit, or leave it out for the full-precision base")
+        elif self.quantize is not None and self.precision not in ("fp32", "auto"):
+            problems.append(f"precision {self.precision!r} with quantize {self.quantize!r}: a "
+                            "quantized base's kernels set their own compute type; use fp32")
         if not remote and not self.store.is_dir():
             problems.append(f"store {self.store} is not a directory; pass --store DIR holding "
                             "adapter directories (adapters-kit train ... --out DIR/TASK)")

@@ -58,7 +58,8 @@ class EngineReplica:
 
         torch.set_num_threads(config.torch_threads)
         self.model = MultiTaskModel(config.backbone, capacity=config.capacity,
-                                    precision=config.precision, device=config.device)
+                                    precision=config.precision, device=config.device,
+                                    quantize=config.quantize)
         self.cache = AdapterCache(self.model, store_of(config), config.cache_bytes)
         self.batcher = Batcher(self.cache, config,
                                ServerMetrics(lambda: (self.cache.stats, len(self.model.tasks))))

@@ -41,13 +41,28 @@ def optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple
     other parameters is refused."""
     sd = optimizer.state_dict()
     tensors, plain = {}, {}
-    for index, entry in sd["state"].items():
+
+    def split(prefix: str, entry: dict, into: dict) -> None:
+        # a nested dict (bitsandbytes' 8-bit AdamW keeps its moments in one) nests its keys
         for k, v in entry.items():
             if torch.is_tensor(v):
-                tensors[f"optim/{index}/{k}"] = v
+                tensors[f"{prefix}/{k}"] = v
+            elif isinstance(v, dict):
+                split(f"{prefix}/{k}", v, into.setdefault(k, {}))
             else:
-                plain.setdefault(str(index), {})[k] = v
+                into[k] = v
+
+    for index, entry in sd["state"].items():
+        split(f"optim/{index}", entry, plain.setdefault(str(index), {}))
     return tensors, {"state": plain, "param_groups": sd["param_groups"], "param_names": names}
+
+
+def _merge(into: dict, entry: dict) -> None:
+    for k, v in entry.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -55,10 +70,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
-            _, index, k = key.split("/", 2)
-            state.setdefault(int(index), {})[k] = value
+            _, index, *path = key.split("/")
+            node = state.setdefault(int(index), {})
+            for k in path[:-1]:
+                node = node.setdefault(k, {})
+            node[path[-1]] = value
     for index, entry in meta["state"].items():
-        state.setdefault(int(index), {}).update(entry)
+        _merge(state.setdefault(int(index), {}), entry)
     fresh = optimizer.state_dict()["param_groups"]
     # JSON has no tuples: a hyper-parameter that is one in a fresh optimizer (AdamW's betas) is one again
     groups = [{k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}

@@ -13,6 +13,7 @@ from ..tasks import TaskSpec
 CARD_DEFAULTS = ("epochs", "learning_rate", "batch_size", "rank", "lora_alpha", "lora_dropout",
                  "targets", "max_length")
 """The TrainConfig fields that take the task card's value when left as None."""
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass
@@ -63,6 +64,14 @@ class TrainConfig:
     mean each process's own GPU."""
     max_seconds: float | None = None
     """Stop training (keeping the best checkpoint so far) after this many seconds."""
+    quantize: str | None = None
+    """QLoRA: train on a bitsandbytes base, `8bit` (LLM.int8) or `4bit` (NF4); None: the
+    full-precision base. Head modules stay full precision (see `backbones.quantize`); the adapter
+    records the unquantized base's fingerprint and this quantization. Needs the `quant` extra."""
+    double_quant: bool = False
+    """With `quantize="4bit"`: also quantize the blocks' scales (QLoRA's double quantization)."""
+    optim: str = "adamw"
+    """`adamw` (torch) or `adamw8bit` (bitsandbytes' 8-bit AdamW: its two moments in 8 bits)."""
     threads: int | None = None
     progress: bool = True
     resume: bool = True
@@ -135,6 +144,9 @@ class ResolvedConfig:
     device: str
     """The device trained on, e.g. `cpu` or `cuda:0` (`auto` decided)."""
     max_seconds: float | None
+    quantize: str | None
+    double_quant: bool
+    optim: str
     threads: int | None
     progress: bool
     resume: bool
@@ -163,6 +175,13 @@ def _problems(v: dict) -> list[str]:
     out = []
     if v["head"] not in ("lora", "full"):
         out.append(f"head {shown(v['head'])} must be 'lora' or 'full'")
+    if v["quantize"] not in (None, "8bit", "4bit"):
+        out.append(f"quantize {shown(v['quantize'])} must be '8bit', '4bit' or None")
+    if v["double_quant"] not in (True, False) or (v["double_quant"] and v["quantize"] != "4bit"):
+        out.append(f"double_quant {shown(v['double_quant'])} must be a bool, and True only with "
+                   "quantize='4bit'")
+    if v["optim"] not in OPTIMIZERS:
+        out.append(f"optim {shown(v['optim'])} must be one of {list(OPTIMIZERS)}")
     if v["precision"] not in TRAINING_PRECISIONS:
         out.append(f"precision {shown(v['precision'])} must be 'auto', 'fp32', 'bf16' or 'fp16'")
     for k, lo in (("batch_size", 1), ("rank", 1), ("lora_alpha", 1), ("evals_per_epoch", 1),

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..backbones.quantize import Quantization
 from ..devices import autocast, grad_scaler
 from ..kinds import kind_of
 from ..tasks import TaskSpec, get_task
@@ -21,6 +22,7 @@ from .data import load_data
 from .distributed import Processes
 from .evaluate import DevEvaluator, predict_logits, predict_outputs
 from .fit import PROGRESS_SECONDS, EarlyStopping, Fit, FitState
+from .qlora import quantized_base
 from .save import TrainResult, save
 from .setup import (
     Steps,
@@ -119,9 +121,12 @@ def prepare(run: ResolvedConfig, out_dir: Path, procs: Processes, emit: Callable
     if fingerprints is not None and key in fingerprints:
         base_fp = fingerprints[key]
     else:
-        base_fp = kind.base_fingerprint(backbone, base)
+        base_fp = kind.base_fingerprint(backbone, base)  # the unquantized base's, whatever `quantize`
         if fingerprints is not None:
             fingerprints[key] = base_fp
+    quantization = Quantization.of(run.quantize, run.double_quant)
+    if quantization is not None:  # QLoRA
+        base = quantized_base(kind, backbone, run.task.num_outputs, quantization)
     if share is not None:
         share(base)
 

@@ -182,6 +182,10 @@ def _check_jobs(resolved) -> None:
         if len(set(map(repr, values.values()))) > 1:
             problems.append(f"the jobs differ in {key} ({values}); one shared pass needs one {key}: "
                             "train the others in another train_many run")
+    if any(run.quantize for run, _ in resolved):
+        problems.append("quantize: train_many shares one full-precision base between its tasks "
+                        "and does not train on a quantized one; train QLoRA adapters with "
+                        "`train --quantize`")
     if any(run.precision == "fp16" for run, _ in resolved):
         problems.append("precision fp16 needs a loss scaler per task, which one shared backward "
                         "cannot give; train with precision bf16 or fp32 (or `train` for fp16)")

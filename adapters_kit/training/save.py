@@ -12,6 +12,7 @@ import torch
 
 from ..adapters.store import WEIGHTS, save_adapter
 from ..backbones import Backbone
+from ..backbones.quantize import Quantization
 from ..kinds import Kind
 from ..kinds.quality import QualityWarning, quality_warnings
 from .checkpoint import Checkpoint
@@ -76,10 +77,13 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
         for note in notes:
             warnings.warn(f"{spec.name}: {note}", QualityWarning, stacklevel=3)
     best_step = state.stopping.best_step
+    quantization = Quantization.of(run.quantize, run.double_quant)  # trained on; the fingerprint
+    # stays the unquantized base's
     task_meta = {
         "task": spec.to_dict(),
         "backbone": {"name": backbone.name, "arch": backbone.arch, "fingerprint": base_fingerprint,
-                     "base_dir": str(backbone.path), "description": backbone.description},
+                     "base_dir": str(backbone.path), "description": backbone.description,
+                     **({"quantization": quantization.record()} if quantization else {})},
         "metrics": final,
         "tfidf_baseline": baseline,
         "training": {**run.record(),
