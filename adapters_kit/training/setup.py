@@ -114,7 +114,7 @@ def optimizer_for(params: dict[str, torch.nn.Parameter], run: ResolvedConfig) ->
     if fast:
         groups.append({"params": fast, "weight_decay": run.weight_decay,
                        "lr": run.learning_rate * ratio})
-    if run.optim == "adamw8bit":
+    if getattr(run, "optim", "adamw") == "adamw8bit":
         from .qlora import adamw8bit
 
         return adamw8bit(groups, run.learning_rate)
