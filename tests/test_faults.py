@@ -201,25 +201,10 @@ def test_a_started_batch_stops_between_chunks_once_its_requests_are_past_their_d
     the request's deadline passes after a few chunks, and the rest are never run."""
     import asyncio
 
-    from adapters_kit.server.batcher import Batcher
-    from adapters_kit.server.config import ServeConfig
     from adapters_kit.server.errors import ServeError
-    from adapters_kit.server.metrics import ServerMetrics
 
-    model = MultiTaskModel(tiny_distilbert)
-    config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=64, max_batch_rows=2)
-    cache = AdapterCache(model, AdapterStore(store), 64 << 20)
-    batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))
     calls = []
-    real = model.forward
-
-    def slow_forward(ids, tasks):
-        calls.append(len(ids))
-        out = real(ids, tasks)
-        time.sleep(0.05)
-        return out
-
-    model.forward = slow_forward
+    batcher, _ = _slow_batcher(store, tiny_distilbert, calls, batch_tokens=64, max_wait_ms=5.0)
     batcher.start()
     texts = [f"the film was great {i}" for i in range(40)]  # 40 rows, 2 per chunk: 20 chunks
 
@@ -237,15 +222,17 @@ def test_a_started_batch_stops_between_chunks_once_its_requests_are_past_their_d
     assert 1 <= len(calls) < 20, f"{len(calls)} of 20 chunks ran for a request past its deadline"
 
 
-def _slow_batcher(store, tiny_distilbert, calls: list):
-    """A real engine whose every forward also pauses 50 ms (a slow machine), 2 rows a chunk."""
+def _slow_batcher(store, tiny_distilbert, calls: list, batch_tokens: int = 4096,
+                  max_wait_ms: float = 50):
+    """A real engine whose every forward also pauses 50 ms (a slow machine), 2 rows a chunk;
+    `calls` gets each forward's row count."""
     from adapters_kit.server.batcher import Batcher
     from adapters_kit.server.config import ServeConfig
     from adapters_kit.server.metrics import ServerMetrics
 
     model = MultiTaskModel(tiny_distilbert)
-    config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=4096,
-                         max_batch_rows=2, max_wait_ms=50)
+    config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=batch_tokens,
+                         max_batch_rows=2, max_wait_ms=max_wait_ms)
     cache = AdapterCache(model, AdapterStore(store), 64 << 20)
     batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))
     real = model.forward

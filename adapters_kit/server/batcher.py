@@ -158,28 +158,21 @@ class Batcher:
             mine = self._tenant_inputs.get(tenant, 0)
             if self.tenant_inputs < self.config.queue_inputs and mine + len(inputs) > self.tenant_inputs:
                 # this tenant's share is full: it alone is refused, the others keep theirs
-                self.metrics.rejected.labels("tenant_queue_full").inc()
-                raise ServeError(429, "tenant_overloaded", f"this API key's share of the queue is "
-                                 f"full ({mine} of its inputs waiting, at most "
-                                 f"{self.tenant_inputs} per tenant); retry after "
-                                 f"{self.config.retry_after_s} s or send fewer requests at once",
-                                 headers={"Retry-After": str(self.config.retry_after_s)})
+                raise self._refusal("tenant_queue_full", "tenant_overloaded",
+                                    f"this API key's share of the queue is full ({mine} of its "
+                                    f"inputs waiting, at most {self.tenant_inputs} per tenant); "
+                                    "retry after {s} s or send fewer requests at once")
             wait = self.expected_wait(job.chars, tenant)
             if wait is not None and wait > ADMIT_SHARE * (deadline - time.monotonic()):
                 # It would wait past its deadline and get 504 after holding a place: refused
                 # now, while the caller can still go elsewhere.
-                self.metrics.rejected.labels("deadline_unreachable").inc()
-                raise ServeError(429, "overloaded", f"the server's queue holds about {wait:.1f} s "
-                                 "of work, more than this request's deadline leaves; retry after "
-                                 f"{self.config.retry_after_s} s",
-                                 headers={"Retry-After": str(self.config.retry_after_s)})
+                raise self._refusal("deadline_unreachable", "overloaded",
+                                    f"the server's queue holds about {wait:.1f} s of work, more "
+                                    "than this request's deadline leaves; retry after {s} s")
             if self._pending + len(inputs) > self.config.queue_inputs:
-                self.metrics.rejected.labels("queue_full").inc()
-                raise ServeError(429, "overloaded", f"the server's queue is full "
-                                 f"({self._pending} inputs waiting, at most "
-                                 f"{self.config.queue_inputs}); retry after "
-                                 f"{self.config.retry_after_s} s",
-                                 headers={"Retry-After": str(self.config.retry_after_s)})
+                raise self._refusal("queue_full", "overloaded",
+                                    f"the server's queue is full ({self._pending} inputs waiting, "
+                                    f"at most {self.config.queue_inputs}); retry after {{s}} s")
             self._lines.setdefault(tenant, deque()).append(job)
             self._seen[tenant] = time.monotonic()
             self._tenant_inputs[tenant] = mine + len(inputs)
@@ -406,11 +399,16 @@ class Batcher:
         """Answer a request that can no longer be served in time: 429 with Retry-After, before
         the engine spends anything on it; its place goes to requests that can still make it."""
         self.model.release(prepared.task)
-        self.metrics.rejected.labels("deadline_unreachable_at_start").inc()
-        _resolve(prepared.job, error=ServeError(
-            429, "overloaded", "the server fell behind: this request waited in the queue and "
-            "could no longer be answered within its deadline; retry after "
-            f"{self.config.retry_after_s} s", headers={"Retry-After": str(self.config.retry_after_s)}))
+        _resolve(prepared.job, error=self._refusal(
+            "deadline_unreachable_at_start", "overloaded", "the server fell behind: this request "
+            "waited in the queue and could no longer be answered within its deadline; retry "
+            "after {s} s"))
+
+    def _refusal(self, reason: str, code: str, message: str) -> ServeError:
+        """A 429 with Retry-After, counted under `reason`; `{s}` in `message` is the wait."""
+        self.metrics.rejected.labels(reason).inc()
+        after = str(self.config.retry_after_s)
+        return ServeError(429, code, message.replace("{s}", after), headers={"Retry-After": after})
 
     def _prepare(self, job: Job) -> _Prepared | None:
         """Make the job's task resident, lease it and tokenise; on failure answer the job."""
