@@ -314,6 +314,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("store", "backbone", "keys", "host", "port", "precision",
                                            "device", "quantize", *_SERVE_LIMITS)}
     flags["jobs"] = args.jobs or None
+    flags["jobs_dir"] = args.jobs_dir
     config = ServeConfig.from_env(**flags)
     if not args.ray:
         if args.replicas is not None or args.ray_address or args.ray_gpus_per_replica is not None:
@@ -365,13 +366,19 @@ def _gpu_count(text: str) -> float:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`jobs list|show|cancel`: the job table of a store, as the server sees it."""
+    from .jobs.layout import is_remote, jobs_root
     from .jobs.table import JobTable, public_view
 
-    store = Path(args.store)
-    if not store.is_dir():
-        raise AdaptersKitError(f"store {store} is not a directory; pass --store DIR, the store "
-                               "the server was started with")
-    table = JobTable.for_store(store)
+    store = args.store if is_remote(args.store) else Path(args.store)
+    if not is_remote(store) and not store.is_dir():
+        raise AdaptersKitError(f"store {store} is not a directory; pass --store DIR (or URL), the "
+                               "store the server was started with")
+    folder = jobs_root(store, args.jobs_dir)
+    if not (folder / "jobs.sqlite3").is_file():
+        raise AdaptersKitError(f"no job table for store {store} in {folder}; a server started "
+                               "with --jobs on this machine keeps it there (pass --jobs-dir DIR "
+                               "if it was started with one)")
+    table = JobTable.for_store(store, args.jobs_dir)
     if args.action == "list":
         jobs = [{**public_view(j), "tenant": j["tenant"]} for j in table.list(args.tenant, args.limit)]
         if args.json:
@@ -573,12 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", action="store_true", default=None,
                    help="take training jobs (POST /v1/jobs) and run a trainer worker beside "
                    "the server (README, section Training jobs)")
+    p.add_argument("--jobs-dir", help="with --jobs: the local folder of the job table, uploads "
+                   "and work (default STORE/.jobs, or for a store URL a folder in the cache)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("jobs", help="list, show or cancel the training jobs of a store")
     p.add_argument("action", choices=["list", "show", "cancel"])
     p.add_argument("job_id", nargs="?", help="the job (show, cancel)")
-    p.add_argument("--store", required=True, help="the store the server takes jobs for")
+    p.add_argument("--store", required=True, help="the store the server takes jobs for (a "
+                   "folder or a URL)")
+    p.add_argument("--jobs-dir", help="the jobs folder the server was given, if any")
     p.add_argument("--tenant", help="list only this tenant's jobs")
     p.add_argument("--limit", type=int, default=100, help="list at most this many (newest first)")
     p.add_argument("--json", action="store_true")

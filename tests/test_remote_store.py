@@ -369,3 +369,51 @@ def test_a_file_url_is_an_object_store_layout_on_local_disk(versions, tmp_path):
     assert store.names() == ["alpha"] and store.read("alpha").digest == d2
     assert store.read_version("alpha", d1).digest == d1
     assert store.gc("alpha", grace_s=0) == [d1] and store.versions("alpha") == [d2]
+
+
+@pytest.mark.slow  # a trainer worker process (smoke: the default run keeps it, ~15 s)
+@pytest.mark.smoke
+def test_jobs_on_a_remote_store_train_locally_and_publish_to_s3(s3, tiny_distilbert, tmp_path,
+                                                                 capsys):
+    """A server whose store is an S3 URL takes jobs: the table, upload and work live in a local
+    jobs folder; the trained adapter is published as a version behind the pointer, and served."""
+    import httpx
+    from conftest import sentiment_rows
+    from test_jobs import ACME, SETTINGS, auth, csv_text, submit, wait_job, write_keys
+    from test_server import assert_same_outputs, running
+
+    from adapters_kit import cli
+    from adapters_kit.jobs.layout import jobs_root
+
+    store = fresh_store(s3, tmp_path)
+    jobs_dir = tmp_path / "jobs-here"
+    with running(store.url, tiny_distilbert, keys=write_keys(tmp_path), jobs=True,
+                 jobs_dir=jobs_dir, store_cache=tmp_path / "srv-cache",
+                 store_poll_s=0.2) as (url, _):
+        r = submit(url, ACME, "acme_remote", csv_text(sentiment_rows(64, seed=4)))
+        assert r.status_code == 201, r.text
+        done = wait_job(url, ACME, r.json()["id"])
+        assert done["state"] == "succeeded", done
+        answer = httpx.post(url + "/v1/predict", headers=auth(ACME),
+                            json={"task": "acme_remote", "inputs": TEXTS})
+        assert answer.status_code == 200, answer.text
+        assert (jobs_dir / "jobs.sqlite3").is_file() and not any((jobs_dir / "work").iterdir())
+    # the store holds it as a published version, named by its pointer, readable elsewhere
+    reader = RemoteStore(store.url, storage_options=storage_options(s3),
+                         cache_dir=tmp_path / "reader-cache")
+    assert reader.names() == ["acme_remote"]
+    files = reader.read("acme_remote")
+    assert reader.pointer("acme_remote", fresh=True).version == files.digest
+    assert files.task["metrics"] == done["metrics"] and SETTINGS["rank"] == files.config["r"]
+    model = MultiTaskModel(tiny_distilbert)
+    model.load(files, name="acme_remote")
+    assert_same_outputs(answer.json()["outputs"], model.predict("acme_remote", TEXTS))
+    # `adapters-kit jobs` reads the same table through the store's URL
+    assert cli.main(["jobs", "list", "--store", store.url, "--jobs-dir", str(jobs_dir),
+                     "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["name"], j["state"]) for j in listed] == [("acme_remote", "succeeded")]
+    # without --jobs-dir a URL's jobs live in the local cache, one folder per store URL
+    assert jobs_root(store.url) == jobs_root(store.url + "/") != jobs_root(store.url + "x")
+    assert cli.main(["jobs", "list", "--store", store.url]) == 2
+    assert "no job table" in capsys.readouterr().err

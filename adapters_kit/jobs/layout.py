@@ -1,26 +1,47 @@
-"""Where a store keeps its jobs: a hidden `.jobs` folder the store's listing never shows.
+"""Where a server keeps its jobs: a local folder, never shown by the store's listing.
 
-    STORE/.jobs/jobs.sqlite3          the job table (and its WAL files)
-    STORE/.jobs/worker.lock           held by the one running trainer worker
-    STORE/.jobs/uploads/JOB/FILE      the uploaded labelled file, as checked at the door
-    STORE/.jobs/work/JOB/NAME         the trained adapter before it is published
-    STORE/.jobs/work/JOB/.checkpoints/NAME   its resume state while it trains
+    JOBS/jobs.sqlite3          the job table (and its WAL files)
+    JOBS/worker.lock           held by the one running trainer worker
+    JOBS/uploads/JOB/FILE      the uploaded labelled file, as checked at the door
+    JOBS/work/JOB/NAME         the trained adapter before it is published
+    JOBS/work/JOB/.checkpoints/NAME   its resume state while it trains
+
+JOBS is `--jobs-dir` where given. Otherwise, for a store that is a folder it is the hidden
+`STORE/.jobs`; for a remote store (an fsspec URL: SQLite, locks and checkpoints need a local
+disk) it is `<adapters_kit cache>/jobs/<hash of the URL>`, so one machine's server finds its
+table again after a restart. What is trained is published into the store itself either way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 
+def is_remote(store: str | Path) -> bool:
+    return isinstance(store, str) and "://" in store
+
+
+def jobs_root(store: str | Path, jobs_dir: str | Path | None = None) -> Path:
+    """The local folder of the jobs of `store` (see the module's docstring)."""
+    if jobs_dir is not None:
+        return Path(jobs_dir)
+    if not is_remote(store):
+        return Path(store) / ".jobs"
+    from ..backbones.embedded import cache_root
+
+    return cache_root() / "jobs" / hashlib.sha256(str(store).rstrip("/").encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class JobLayout:
-    store: Path
+    root: Path
 
-    @property
-    def root(self) -> Path:
-        return self.store / ".jobs"
+    @classmethod
+    def for_store(cls, store: str | Path, jobs_dir: str | Path | None = None) -> JobLayout:
+        return cls(jobs_root(store, jobs_dir))
 
     @property
     def table(self) -> Path:

@@ -66,10 +66,11 @@ class JobTable:
             db.executescript(_SCHEMA)
 
     @classmethod
-    def for_store(cls, store: str | Path) -> JobTable:
+    def for_store(cls, store: str | Path, jobs_dir: str | Path | None = None) -> JobTable:
+        """The table of `store`'s jobs (a folder or a remote store's URL; see jobs/layout.py)."""
         from .layout import JobLayout
 
-        return cls(JobLayout(Path(store)).table)
+        return cls(JobLayout.for_store(store, jobs_dir).table)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -1,11 +1,11 @@
 """The trainer worker: its own process, its own torch thread budget, at a lower CPU priority,
 so the server's engine keeps its cores.
 
-    python -m adapters_kit.jobs.worker --store DIR [--threads 1] [--nice 10]
+    python -m adapters_kit.jobs.worker --store DIR|URL [--jobs-dir DIR] [--threads 1] [--nice 10]
 
-`adapters-kit serve --jobs` starts it (and starts it again if it dies). One worker per store:
-it holds `STORE/.jobs/worker.lock` for its life. On start it puts back in the queue whatever a
-killed worker left running; the job's next run resumes from the checkpoint `train` left
+`adapters-kit serve --jobs` starts it (and starts it again if it dies). One worker per jobs
+folder (jobs/layout.py): it holds `JOBS/worker.lock` for its life. On start it puts back in
+the queue whatever a killed worker left running; the job's next run resumes from the checkpoint `train` left
 beside its adapter directory. A trained adapter is complete (written atomically) before the
 job is marked trained; the server then publishes it into the store and loads it.
 """
@@ -33,7 +33,10 @@ PROGRESS_SECONDS = 1.0
 
 @dataclass
 class WorkerSettings:
-    store: Path
+    store: str | Path
+    """The store's folder or URL: it names the jobs folder (the server publishes, not the worker)."""
+    jobs_dir: Path | None = None
+    """The jobs folder, where not the store's default (jobs/layout.py)."""
     threads: int = 1
     """torch intra-op threads of the worker."""
     nice: int = 10
@@ -72,7 +75,7 @@ def job_config(job: dict, threads: int):
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.s = settings
-        self.layout = JobLayout(settings.store)
+        self.layout = JobLayout.for_store(settings.store, settings.jobs_dir)
         self.table = JobTable(self.layout.table)
         self._lock_file = None
         self._reports: dict[str, dict] = {}
@@ -207,7 +210,8 @@ def _progress_view(state: dict, now: float, event: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m adapters_kit.jobs.worker",
                                  description="train the queued jobs of a store")
-    ap.add_argument("--store", required=True, type=Path)
+    ap.add_argument("--store", required=True, help="the store's folder or URL")
+    ap.add_argument("--jobs-dir", type=Path, help="the jobs folder (default: the store's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--max-rows", type=int, default=20_000)
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s adapters-kit worker: %(message)s")
-    Worker(WorkerSettings(store=args.store, threads=args.threads, nice=args.nice,
+    Worker(WorkerSettings(store=args.store, jobs_dir=args.jobs_dir, threads=args.threads, nice=args.nice,
                           max_rows=args.max_rows, max_tasks=args.max_tasks,
                           running_per_tenant=args.running_per_tenant,
                           parent_pid=args.parent_pid)).run(once=args.once)

@@ -111,6 +111,9 @@ class ServeConfig:
     # -- training jobs (issue 15) --
     jobs: bool = False
     """Take training jobs (POST /v1/jobs) and run a trainer worker process beside the server."""
+    jobs_dir: Path | None = None
+    """The local folder of the job table, uploads and work in progress (default: `STORE/.jobs`
+    for a folder store, `<adapters_kit cache>/jobs/<hash of the URL>` for a remote one)."""
     job_threads: int = 1
     """torch threads of the trainer worker; with `torch_threads` 0 the engine gets the rest."""
     job_max_bytes: int = 32 << 20
@@ -133,6 +136,8 @@ class ServeConfig:
             self.store_cache = Path(self.store_cache)
         if self.keys is not None:
             self.keys = Path(self.keys)
+        if self.jobs_dir is not None:
+            self.jobs_dir = Path(self.jobs_dir)
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}; "

@@ -219,7 +219,7 @@ class JobService:
     def __init__(self, srv) -> None:
         self.srv = srv
         self.config = srv.config
-        self.layout = JobLayout(Path(self.config.store))
+        self.layout = JobLayout.for_store(self.config.store, self.config.jobs_dir)
         self.table = JobTable(self.layout.table)
         self.worker: subprocess.Popen | None = None
         self._loop_task: asyncio.Task | None = None
@@ -231,6 +231,7 @@ class JobService:
                "TOKENIZERS_PARALLELISM": "false"}
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "adapters_kit.jobs.worker", "--store", str(c.store),
+             "--jobs-dir", str(self.layout.root),
              "--threads", threads, "--max-rows", str(c.job_group_rows),
              "--max-tasks", str(c.job_group_tasks), "--running-per-tenant",
              str(c.tenant_running_jobs), "--parent-pid", str(os.getpid())],
