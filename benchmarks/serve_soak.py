@@ -21,9 +21,10 @@ exits, /readyz says 503, or nothing healthy comes back for `--stall-seconds`) is
 counted in `engine_restarts`, with the cause read from the server log.
 
 Requests in flight when a dead server is killed come back as "error" (each restart says how
-many). Also reported: the server's RSS (with children) at minute 1 and at the end (flat means
-under +5%), and the p99 latency of good-task 200s in the first and the last minute (for runs
-under 2 minutes, the first and last 20%). A progress line per minute goes to stderr. The last
+many). Also reported: the server's RSS (with children) at minute 1 and in the last minute, each the
+median of that minute's samples (flat means under +5%; see `rss_figures`), and the p99
+latency of good-task 200s in the first and the last minute (for runs under 2 minutes, the
+first and last 20%). A progress line per minute goes to stderr. The last
 line printed is one JSON object.
 """
 
@@ -38,6 +39,7 @@ import random
 import re
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -311,7 +313,7 @@ async def soak(server: Supervised, seconds: float, clients: int, kinds: dict[str
                 mb = rss_mb(server.proc.pid) if up.is_set() else None  # not a server half up
                 if mb is not None:
                     samples.append((time.monotonic() - t0, server.proc.pid, mb))
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(0.5)
 
         async def progress() -> None:
             every = 60.0 if seconds >= 120 else max(5.0, seconds / 3)
@@ -347,6 +349,42 @@ def server_counters(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def rss_figures(samples: list[tuple], window: float, elapsed: float) -> dict:
+    """RSS at minute 1 and at the end, each the median of that minute's samples (every 0.5 s).
+
+    One sample is what the heap holds at that instant: the queued request bodies and the
+    batch being run, which swing by hundreds of MB from one sample to the next at 64 clients.
+    A leak shows as a rise of the median (and as a slope); a swing does not. The single
+    samples at those two points are reported too, with the least and most seen.
+    """
+    if not samples:
+        return {"rss_mb_start": None, "rss_mb_end": None, "rss_growth_pct": None,
+                "rss_flat": None, "rss_same_process": False}
+    pid = samples[-1][1]
+    same = all(s[1] == pid for s in samples if s[0] >= window)  # a restart between: not comparable
+    first = [mb for t, p, mb in samples if window <= t < 2 * window] or [samples[-1][2]]
+    last = [mb for t, p, mb in samples if t >= elapsed - window and p == pid]
+    start, end = statistics.median(first), statistics.median(last)
+    growth = round(100 * (end / start - 1), 2)
+    steady = [(t, mb) for t, p, mb in samples if t >= window and p == pid]
+    slope = None
+    if len(steady) >= 3:  # least squares, MB per minute
+        slope = round(60 * statistics.linear_regression([t for t, _ in steady],
+                                                        [mb for _, mb in steady]).slope, 2)
+    point = next((s for s in samples if s[0] >= window), samples[-1])
+    return {
+        "rss_mb_start": round(start, 1), "rss_mb_end": round(end, 1), "rss_growth_pct": growth,
+        "rss_same_process": same, "rss_flat": growth < 5.0 if same else None,
+        "rss_window_s": [round(window, 1), round(2 * window, 1), round(elapsed - window, 1),
+                         round(elapsed, 1)],
+        "rss_samples_start_end": [len(first), len(last)],
+        "rss_mb_point_start": round(point[2], 1), "rss_mb_point_end": round(samples[-1][2], 1),
+        "rss_mb_min": round(min(mb for _, mb in steady), 1) if steady else None,
+        "rss_mb_max": round(max(mb for _, mb in steady), 1) if steady else None,
+        "rss_slope_mb_per_min": slope,
+    }
+
+
 def report(records: list[tuple], samples: list[tuple], elapsed: float, seconds: float,
            restarts: list[dict]) -> dict:
     by_target: dict[str, Counter] = defaultdict(Counter)
@@ -362,12 +400,7 @@ def report(records: list[tuple], samples: list[tuple], elapsed: float, seconds: 
                 unexpected[f"{target}:{status}"] += n
 
     window = 60.0 if seconds >= 120 else 0.2 * seconds  # "minute 1", or the first 20% of a short run
-    start = next((s for s in samples if s[0] >= window), samples[-1] if samples else None)
-    last = samples[-1] if samples else None
-    rss_start = round(start[2], 1) if start else None
-    rss_end = round(last[2], 1) if last else None
-    growth = round(100 * (rss_end / rss_start - 1), 2) if rss_start and rss_end else None
-    same = bool(start and last and start[1] == last[1])  # a restart between: another process
+    rss = rss_figures(samples, window, elapsed)
     ok = [(r[0], r[1]) for r in records if r[2] == "200" and r[3] == "normal"]
     first = p99_ms([lat for t, lat in ok if t < window])
     final = p99_ms([lat for t, lat in ok if t >= elapsed - window])
@@ -376,10 +409,7 @@ def report(records: list[tuple], samples: list[tuple], elapsed: float, seconds: 
         "status_counts": dict(counts.most_common()),
         "status_counts_by_target": {t: dict(c.most_common()) for t, c in sorted(by_target.items())},
         "unexpected_statuses": dict(unexpected.most_common()),
-        "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_growth_pct": growth,
-        "rss_same_process": same,
-        "rss_flat": growth < 5.0 if growth is not None and same else None,  # null: not comparable
-        "rss_start_at_s": round(start[0], 1) if start else None,
+        **rss,
         "p99_ms_first_minute": first, "p99_ms_last_minute": final, "p99_window_s": round(window, 1),
         "engine_restarts": len(restarts), "restarts": restarts,
         "requests": len(records), "ok_rps": round(counts.get("200", 0) / elapsed, 2),
@@ -452,9 +482,13 @@ def main() -> None:
         print("RSS: no samples", flush=True)
     else:
         verdict = {True: "flat", False: "NOT flat", None: "not comparable: a restart between"}
-        print(f"RSS {record['rss_mb_start']} MB at {record['rss_start_at_s']} s -> "
-              f"{record['rss_mb_end']} MB at the end ({record['rss_growth_pct']:+}%; "
-              f"{verdict[record['rss_flat']]}; the target is under +5%)", flush=True)
+        w = record["rss_window_s"]
+        print(f"RSS median {record['rss_mb_start']} MB over {w[0]:.0f}-{w[1]:.0f} s -> "
+              f"{record['rss_mb_end']} MB over {w[2]:.0f}-{w[3]:.0f} s "
+              f"({record['rss_growth_pct']:+}%; {verdict[record['rss_flat']]}; the target is "
+              f"under +5%); slope {record['rss_slope_mb_per_min']} MB/min; single samples "
+              f"{record['rss_mb_point_start']} -> {record['rss_mb_point_end']} MB, range "
+              f"{record['rss_mb_min']}-{record['rss_mb_max']} MB", flush=True)
     print(f"p99 of 200s: {record['p99_ms_first_minute']} ms in the first "
           f"{record['p99_window_s']} s, {record['p99_ms_last_minute']} ms in the last", flush=True)
     print(f"engine restarts: {record['engine_restarts']}", flush=True)
