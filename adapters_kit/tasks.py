@@ -189,7 +189,7 @@ class TaskSpec:
         if not isinstance(d, dict):
             raise TaskError(f"task card {source or ''!r} must be a table of fields, got "
                             f"{type(d).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = set(_field_checks(cls))
         flat = dict(d)
         for section in ("data", "defaults"):  # the card's TOML tables flatten into the spec
             table = flat.pop(section, {}) or {}
@@ -219,21 +219,30 @@ class TaskSpec:
 
 def _type_ok(value, hint) -> bool:
     """Whether `value` is of the (simple) declared type `hint`; a bool is never a number."""
+    return _checker(hint)(value)
+
+
+@functools.cache
+def _checker(hint):
+    """The test `_type_ok` runs for `hint`, built once per type (a load checks every field)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and math.isfinite(v))
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
     if hint in (str, bool):
-        return isinstance(value, hint)
+        return lambda v: isinstance(v, hint)
     if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+        item = _checker(args[0])
+        return lambda v: isinstance(v, list) and all(item(x) for x in v)
     if origin is dict:
-        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1])
-                                               for k, v in value.items())
+        key, val = _checker(args[0]), _checker(args[1])
+        return lambda v: isinstance(v, dict) and all(key(k) and val(x) for k, x in v.items())
     if args and type(None) in args:  # X | None
-        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
-    return True
+        kept = [_checker(a) for a in args if a is not type(None)]
+        return lambda v: v is None or any(c(v) for c in kept)
+    return lambda v: True
 
 
 def _type_name(hint) -> str:
@@ -251,18 +260,19 @@ def _type_name(hint) -> str:
 
 
 @functools.cache
-def _hints(cls: type) -> dict:
-    """A dataclass's resolved field types: resolved once per class (a load reads them)."""
-    return typing.get_type_hints(cls)
+def _field_checks(cls: type) -> dict:
+    """A dataclass's field name -> (declared type, its test), worked out once per class
+    (every load of an adapter checks its task's fields)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], _checker(hints[f.name])) for f in fields(cls)}
 
 
 def _type_problems(spec: TaskSpec) -> list[str]:
-    hints = _hints(type(spec))
     out = []
-    for f in fields(spec):
-        value = getattr(spec, f.name)
-        if not _type_ok(value, hints[f.name]):
-            out.append(f"{f.name} must be {_type_name(hints[f.name])}, got {type(value).__name__} "
+    for name, (hint, ok) in _field_checks(type(spec)).items():
+        value = getattr(spec, name)
+        if not ok(value):
+            out.append(f"{name} must be {_type_name(hint)}, got {type(value).__name__} "
                        f"{shown(value)}")
     return out
 

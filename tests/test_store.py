@@ -99,6 +99,38 @@ def test_a_weights_file_that_the_header_check_passes_but_safetensors_refuses(ada
     assert_refused(MultiTaskModel(tiny_distilbert), bad, "not a readable safetensors")
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_one_non_finite_value_in_one_tensor_is_found_and_named(adapter, tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    dst = broken_copy(adapter, tmp_path)
+    tensors = load_file(str(dst / WEIGHTS))
+    victim = sorted(k for k in tensors if ".lora_B." in k)[-1]
+    tensors[victim].view(-1)[3] = float(bad)
+    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    write_checksums(dst)
+    with pytest.raises(AdapterFileError, match="NaN or infinite") as e:
+        read_adapter(dst)
+    assert victim in str(e.value)
+
+
+def test_large_finite_weights_whose_float32_sum_overflows_are_not_refused(adapter, tmp_path):
+    """The one-pass check sums in float32; an overflow there is checked tensor by tensor."""
+    from safetensors.torch import load_file, save_file
+
+    dst = broken_copy(adapter, tmp_path)
+    tensors = {k: torch.full_like(v, 3e38) for k, v in load_file(str(dst / WEIGHTS)).items()}
+    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    write_checksums(dst)
+    assert torch.equal(read_adapter(dst).tensors[sorted(tensors)[0]], tensors[sorted(tensors)[0]])
+    bf16 = {k: v.to(torch.bfloat16) for k, v in tensors.items()}  # not float32: per tensor
+    bf16[sorted(bf16)[0]].view(-1)[0] = float("nan")
+    save_file(bf16, str(dst / WEIGHTS), metadata={"format": "pt"})
+    write_checksums(dst)
+    with pytest.raises(AdapterFileError, match="NaN or infinite"):
+        read_adapter(dst)
+
+
 def test_pickle_is_never_read(adapter, tiny_distilbert, tmp_path):
     bad = broken_copy(adapter, tmp_path)
     torch.save({"x": torch.zeros(1)}, bad / "adapter_model.bin")

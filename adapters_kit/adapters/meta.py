@@ -147,16 +147,19 @@ def task_problems(meta) -> tuple[TaskSpec | None, list[str]]:
 
 
 def file_problems(path: Path, sums: dict, required: tuple[str, ...], weights: str,
-                  max_weight_bytes: int | None) -> list[str]:
+                  max_weight_bytes: int | None, sizes: dict[str, int] | None = None) -> list[str]:
     """Every listed file is a regular file within its size limit, checked before it is read.
 
     The weights file's size must be exactly what its header claims, and the tensors it claims
-    no more than `max_weight_bytes` (what the base allows) and floating point.
+    no more than `max_weight_bytes` (what the base allows) and floating point. `sizes`, if
+    given, receives each file's size.
     """
     out = []
+    where = os.fspath(path)
     for name in sums:
+        file = os.path.join(where, name)
         try:
-            st = os.stat(path / name)  # follows a link: a hub snapshot links to its blobs
+            st = os.stat(file)  # follows a link: a hub snapshot links to its blobs
         except OSError:
             out.append(f"{name} is listed in checksums.json but missing")
             continue
@@ -167,8 +170,10 @@ def file_problems(path: Path, sums: dict, required: tuple[str, ...], weights: st
             None if name == weights else MAX_EXTRA_FILE_BYTES)
         if limit is not None and st.st_size > limit:
             out.append(f"{name} is {st.st_size} bytes, over the {limit} allowed")
+        if sizes is not None:
+            sizes[name] = st.st_size
         if name == weights:
-            out += _weights_problems(path / name, st.st_size, max_weight_bytes)
+            out += _weights_problems(Path(file), st.st_size, max_weight_bytes)
     return out
 
 

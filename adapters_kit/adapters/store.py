@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import platform
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,44 +203,45 @@ def read_adapter(path: str | Path, max_weight_bytes: int | None = None) -> Adapt
                       "re-export the adapter with adapters-kit") from None
 
 
-def _read_json(path: Path, name: str):
-    try:
-        return json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise _refuse(path.parent, f"{name} is not valid JSON ({e})", "re-export the adapter") from None
-
-
 def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     if not path.is_dir():
         raise AdapterFileError(f"adapter directory {path} does not exist")
-    pickles = [p.name for p in path.iterdir() if p.suffix.lower() in _PICKLES]
+    where = os.fspath(path)  # plain strings below: a load runs this for every file it checks
+    pickles = [e.name for e in os.scandir(where) if os.path.splitext(e.name)[1].lower() in _PICKLES]
     if pickles:
         raise _refuse(path, f"it holds pickle files {pickles}, which can run code when read",
                       "re-save the adapter as safetensors (peft: save_pretrained(..., "
                       "safe_serialization=True)) and delete the pickle files")
     for required in (CONFIG, WEIGHTS, TASK, CHECKSUMS):
-        if not (path / required).is_file():
+        if not os.path.isfile(os.path.join(where, required)):
             raise _refuse(path, f"{required} is missing", "re-export the adapter with adapters-kit")
-    if (path / CHECKSUMS).stat().st_size > meta.MAX_METADATA_BYTES:
+    if os.stat(os.path.join(where, CHECKSUMS)).st_size > meta.MAX_METADATA_BYTES:
         raise _refuse(path, f"{CHECKSUMS} is over {meta.MAX_METADATA_BYTES} bytes", "re-export the adapter")
-    sums = _read_json(path / CHECKSUMS, CHECKSUMS)
+    with open(os.path.join(where, CHECKSUMS), "rb") as f:
+        raw_sums = f.read()
+    try:
+        sums = json.loads(raw_sums)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _refuse(path, f"{CHECKSUMS} is not valid JSON ({e})", "re-export the adapter") from None
     problems = meta.checksum_problems(sums)
     if not problems:
         problems = [f"{CHECKSUMS} does not cover {n}" for n in (CONFIG, WEIGHTS, TASK) if n not in sums]
+    sizes: dict[str, int] = {}
     if not problems:  # sizes from the file system and the weights' header, before any read
-        problems = meta.file_problems(path, sums, (CONFIG, TASK), WEIGHTS, max_weight_bytes)
+        problems = meta.file_problems(path, sums, (CONFIG, TASK), WEIGHTS, max_weight_bytes, sizes)
     if problems:
         raise _refuse(path, "; ".join(problems), "re-export the adapter with adapters-kit")
     # The metadata and weights are read once and parsed from the bytes that were checked, so a
     # file changed between the check and the read cannot slip in.
     checked: dict[str, bytes] = {}
     for name, expected in sums.items():
-        f = path / name
+        f = os.path.join(where, name)
         if name in (CONFIG, WEIGHTS, TASK):
-            data = f.read_bytes()
+            with open(f, "rb") as fh:
+                data = fh.read()
             ok = hashlib.sha256(data).hexdigest() == expected
             checked[name] = data
         else:
@@ -262,17 +265,17 @@ def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     except (SafetensorError, OSError, ValueError) as e:
         raise _refuse(path, f"{WEIGHTS} is not a readable safetensors file ({e})",
                       "copy the adapter again; the file may be truncated") from None
+    bad = _non_finite(tensors, checked[WEIGHTS])
     del checked
     head = kind_of(spec).head
     if _PREFIX + head + ".weight" not in tensors and _PREFIX + head + ".lora_A.weight" not in tensors:
         raise _refuse(path, f"it has no task head ({head}) weights",
                       "train it with adapters-kit, which saves the head with the adapter")
-    bad = _non_finite(tensors)
     if bad:
         raise _refuse(path, f"tensors {bad[:3]} hold NaN or infinite values (a diverged training)",
                       "retrain with a lower learning rate")
-    nbytes = sum((path / n).stat().st_size for n in sums)
-    digest = hashlib.sha256((path / CHECKSUMS).read_bytes()).hexdigest()
+    nbytes = sum(sizes.values())
+    digest = hashlib.sha256(raw_sums).hexdigest()
     files = AdapterFiles(path=path, config=config, task=task, tensors=tensors, nbytes=nbytes,
                          digest=digest, spec=spec)
     missing = [k for k in tensors if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") not in tensors]
@@ -289,13 +292,21 @@ def _read_adapter(path: Path, max_weight_bytes: int | None) -> AdapterFiles:
     return files
 
 
-def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the tensors holding NaN or an infinity. The sums first, in float64 (where no
-    sum of finite float32 or bfloat16 values overflows): a NaN or an infinity, and only they,
-    make a sum non-finite, so one check over the sums clears a sound file at once."""
-    floats = [t for t in tensors.values() if t.is_floating_point()]
-    if floats and bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in floats])).all()):
-        return []
+def _non_finite(tensors: dict[str, torch.Tensor], raw: bytes) -> list[str]:
+    """Names of the tensors holding NaN or an infinity.
+
+    First one sum over the file's whole data region, read in place, when every tensor is
+    float32 (safetensors leaves no gaps between tensors): a NaN or an infinity makes it
+    non-finite, so a sound file is cleared in one pass. Otherwise, or when that sum is not
+    finite (a NaN, or finite values whose sum overflows), each tensor is checked."""
+    if tensors and all(t.dtype == torch.float32 for t in tensors.values()):
+        import numpy as np
+
+        (n,) = struct.unpack("<Q", raw[:8])
+        data = np.frombuffer(raw, dtype="<f4", offset=8 + n, count=(len(raw) - 8 - n) // 4)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(data.sum()):
+                return []
     return [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
