@@ -205,6 +205,38 @@ def test_without_bitsandbytes_the_error_names_the_extra(monkeypatch):
         require_bitsandbytes()
 
 
+def test_a_4bit_layer_is_exactly_a_linear_on_its_dequantized_weight(tiny_distilbert):
+    """Forward and input gradient of each 4-bit linear equal a float Linear holding its
+    dequantized weight, in training and after an evaluation forward (which, without
+    keep_4bit_layout, repacks the weight for an inference kernel with another result and no
+    backward): a QLoRA run that diverges is the base's doing, not wrong gradients."""
+    import bitsandbytes as bnb
+
+    model = Backbone.resolve(tiny_distilbert).load_model(2, quantize=Quantization.of("4bit"))
+    layers = dict(model.named_modules())
+    torch.manual_seed(0)
+    for name in quantized_layers(model):
+        q = layers[name]
+        ref = torch.nn.Linear(q.in_features, q.out_features)
+        with torch.no_grad():
+            ref.weight.copy_(bnb.functional.dequantize_4bit(q.weight.data, q.weight.quant_state))
+            ref.bias.copy_(q.bias)
+        for phase in ("train", "after an evaluation"):
+            if phase != "train":
+                model.eval()
+                with torch.no_grad():
+                    q(torch.randn(3, q.in_features))
+                model.train()
+            x = torch.randn(2, 5, q.in_features, requires_grad=True)
+            x_ref = x.detach().clone().requires_grad_(True)
+            y, y_ref = q(x), ref(x_ref)
+            g = torch.randn_like(y)
+            (y * g).sum().backward()
+            (y_ref * g).sum().backward()
+            assert torch.allclose(y, y_ref, atol=1e-6), (name, phase)
+            assert torch.allclose(x.grad, x_ref.grad, atol=1e-6), (name, phase)
+
+
 def test_quantized_base_keeps_the_head_in_full_precision(tiny_distilbert, tiny_albert):
     for folder, head in ((tiny_distilbert, ("pre_classifier", "classifier")),
                          (tiny_albert, ("albert.pooler", "classifier"))):
