@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          precision=args.precision, threads=args.threads, dropout=args.dropout,
                          class_weights=args.class_weights, device=str(_device(args)),
                          quantize=args.quantize, double_quant=args.double_quant, optim=args.optim,
-                         **_variants(args),
+                         **_variants(args), **_given(args, "patience"),
                          resume=not args.no_resume, progress=not args.json)
     with warnings.catch_warnings():  # reported below, once, as the output format wants
         warnings.simplefilter("ignore", QualityWarning)
@@ -364,6 +364,12 @@ def _gpu_count(text: str) -> float:
     return value
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The TrainConfig fields among `names` given on the command line (the rest keep their
+    defaults)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`jobs list|show|cancel`: the job table of a store, as the server sees it."""
     from .jobs.layout import is_remote, jobs_root
@@ -455,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["lora", "full"], default="lora",
                    help="lora: small files (default); full: peft's default head, saved whole")
     p.add_argument("--max-seconds", type=float, help="stop after this long, keeping the best")
+    p.add_argument("--patience", type=int, help="evaluations without improvement before "
+                   "training stops early (default 4)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="training matmuls: auto (default) = on a GPU bf16 where native, else "
                    "fp16 with a grad scaler; on the CPU bf16 where native, else fp32")

@@ -155,12 +155,32 @@ def test_an_interrupted_training_exits_130_naming_its_checkpoint(tmp_path, monke
     assert f"{tmp_path / 'a'}.ckpt" in error["message"]
 
 
+def test_patience_reaches_the_training_config(tmp_path, monkeypatch):
+    from adapters_kit import cli
+    from adapters_kit.training import TrainingInterrupted
+
+    seen = {}
+
+    def stopped(spec, out, config, on_progress=None):
+        seen["patience"] = config.patience
+        raise TrainingInterrupted("stopped", step=0, total_steps=1, checkpoint=None)
+
+    monkeypatch.setattr("adapters_kit.training.loop.train", stopped)
+    cli.main(["train", str(_card(tmp_path)), "--out", str(tmp_path / "a"), "--patience", "7"])
+    cli.main(["train", str(_card(tmp_path)), "--out", str(tmp_path / "b")])
+    assert seen == {"patience": 4}  # the second run kept the default
+    cli.main(["train", str(_card(tmp_path)), "--out", str(tmp_path / "a"), "--patience", "7"])
+    assert seen == {"patience": 7}
+
+
 def test_ctrl_c_during_training_exits_130_and_leaves_a_checkpoint(tiny_distilbert, tmp_path):
     import signal
 
     out = tmp_path / "adapter"
+    # no early stop: on a busy machine the run could otherwise end before the signal arrives
     proc = subprocess.Popen([*CLI, "train", str(_card(tmp_path, epochs=500)), "--backbone",
-                             tiny_distilbert, "--out", str(out), "--json"],
+                             tiny_distilbert, "--out", str(out), "--patience", "100000",
+                             "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         evals = 0
