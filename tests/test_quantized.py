@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import pytest
 import torch
-from conftest import needs_shared, quick
+from conftest import ROOT, needs_shared, quick
 
 from adapters_kit import MultiTaskModel, train
 from adapters_kit.backbones import Backbone
@@ -235,6 +236,39 @@ def test_a_4bit_layer_is_exactly_a_linear_on_its_dequantized_weight(tiny_distilb
             (y_ref * g).sum().backward()
             assert torch.allclose(y, y_ref, atol=1e-6), (name, phase)
             assert torch.allclose(x.grad, x_ref.grad, atol=1e-6), (name, phase)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("mode", MODES)
+def test_a_quantized_base_lets_go_of_the_checkpoints_memory_map(tiny_distilbert, mode):
+    """Once quantized, no tensor is a view of the fp32 checkpoint's memory map, so the map (and
+    the pages quantizing read, counted in RSS) goes; an fp32 base keeps its views. In a fresh
+    process: no other model of this base may hold the map there."""
+    import subprocess
+
+    code = f"""
+import gc, os
+from adapters_kit.backbones import Backbone
+from adapters_kit.backbones.quantize import Quantization
+def mapped():
+    return sorted({{l.split()[-1] for l in open("/proc/self/maps") if l.rstrip().endswith(".safetensors")}})
+bb = Backbone.resolve({tiny_distilbert!r})
+full = bb.load_model(2)
+gc.collect()
+print("fp32", len(mapped()))
+del full
+gc.collect()
+quantized = bb.load_model(2, quantize=Quantization.of({mode!r}))
+gc.collect()
+print("{mode}", len(mapped()), mapped())
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert int(lines["fp32"]) >= 1  # the check sees a map where one is held
+    assert lines[mode].startswith("0 "), lines[mode]
 
 
 def test_quantized_base_keeps_the_head_in_full_precision(tiny_distilbert, tiny_albert):

@@ -117,12 +117,34 @@ class Quantization:
 
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
         """After loading: the word embeddings to `EMBEDDINGS_DTYPE` (see the module docstring),
-        and bitsandbytes' CPU repacking of 4-bit weights turned off (`keep_4bit_layout`)."""
+        the full-precision tensors copied out of the checkpoint's memory map
+        (`own_full_precision_tensors`), and bitsandbytes' CPU repacking of 4-bit weights
+        turned off (`keep_4bit_layout`)."""
         emb = model.get_input_embeddings()
         emb.weight.data = emb.weight.data.to(EMBEDDINGS_DTYPE)
+        own_full_precision_tensors(model)
         keep_4bit_layout(model)
         logging.getLogger("bitsandbytes.autograd._functions").addFilter(_CAST_NOTE)
         return model
+
+
+def own_full_precision_tensors(model: torch.nn.Module) -> None:
+    """Give the tensors left in full precision (norms, biases, heads, position embeddings)
+    memory of their own.
+
+    transformers loads a safetensors checkpoint memory-mapped, and a tensor it does not convert
+    stays a view of that map. Quantizing reads every linear's pages, so while any view lives the
+    whole checkpoint stays mapped and counts in the process's RSS (86 MB for embedded-distilbert
+    at 4 or 8 bits, measured). These copies cost what those few tensors hold (under 1 MB there)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if is_quantized_linear(module):
+                if getattr(module, "bias", None) is not None:
+                    module.bias.data = module.bias.data.clone()
+                continue
+            for p in module.parameters(recurse=False):
+                if p.is_floating_point():
+                    p.data = p.data.clone()
 
 
 def keep_4bit_layout(model: torch.nn.Module) -> None:
