@@ -1,4 +1,4 @@
-"""The job table: one SQLite file beside the store (`STORE/.jobs/jobs.sqlite3`, WAL mode).
+"""The job table: one SQLite file in the jobs folder (`JOBS/jobs.sqlite3`, WAL mode; see layout.py).
 
 The server writes a job when it takes an upload, the trainer worker claims and updates it, the
 server publishes what the worker trained, and `adapters-kit jobs` reads and cancels. Every

@@ -5,9 +5,10 @@ so the server's engine keeps its cores.
 
 `adapters-kit serve --jobs` starts it (and starts it again if it dies). One worker per jobs
 folder (jobs/layout.py): it holds `JOBS/worker.lock` for its life. On start it puts back in
-the queue whatever a killed worker left running; the job's next run resumes from the checkpoint `train` left
-beside its adapter directory. A trained adapter is complete (written atomically) before the
-job is marked trained; the server then publishes it into the store and loads it.
+the queue whatever a killed worker left running; the job's next run resumes from the
+checkpoint `train` left beside its adapter directory. A trained adapter is complete (written
+atomically) before the job is marked trained; the server then publishes it into the store and
+loads it.
 """
 
 from __future__ import annotations
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s adapters-kit worker: %(message)s")
-    Worker(WorkerSettings(store=args.store, jobs_dir=args.jobs_dir, threads=args.threads, nice=args.nice,
-                          max_rows=args.max_rows, max_tasks=args.max_tasks,
+    Worker(WorkerSettings(store=args.store, jobs_dir=args.jobs_dir, threads=args.threads,
+                          nice=args.nice, max_rows=args.max_rows, max_tasks=args.max_tasks,
                           running_per_tenant=args.running_per_tenant,
                           parent_pid=args.parent_pid)).run(once=args.once)
     return 0
