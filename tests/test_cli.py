@@ -177,11 +177,18 @@ def test_ctrl_c_during_training_exits_130_and_leaves_a_checkpoint(tiny_distilber
     import signal
 
     out = tmp_path / "adapter"
-    # no early stop: on a busy machine the run could otherwise end before the signal arrives
+    def ctrl_c_reaches_it() -> None:
+        # A child inherits an ignored or blocked SIGINT, and Python then leaves it ignored: give
+        # the command the disposition a terminal's Ctrl-C meets, whatever the test runner holds.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    # no early stop: the run must still be training when the signal arrives
     proc = subprocess.Popen([*CLI, "train", str(_card(tmp_path, epochs=500)), "--backbone",
                              tiny_distilbert, "--out", str(out), "--patience", "100000",
                              "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_reaches_it)
     try:
         evals = 0
         for line in proc.stderr:  # --json progress: one event a line
@@ -189,10 +196,13 @@ def test_ctrl_c_during_training_exits_130_and_leaves_a_checkpoint(tiny_distilber
             if evals == 2:  # the first evaluation's checkpoint is written before the second
                 break
         proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=120)
+        stdout, rest = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    error = json.loads(stdout)["error"]
+    answer = json.loads(stdout)
+    assert "error" in answer, (f"not interrupted (exit {proc.returncode}, {evals} evaluations "
+                               f"seen): {stdout[-800:]} {rest[-1500:]}")
+    error = answer["error"]
     assert proc.returncode == 130 and error["type"] == "Interrupted"
     assert "resumes from its last checkpoint" in error["message"]
     assert not out.exists() and (tmp_path / ".checkpoints" / "adapter" / "progress.json").exists()
