@@ -372,11 +372,12 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`jobs list|show|cancel`: the job table of a store, as the server sees it."""
-    from .jobs.layout import is_remote, jobs_root
+    from .adapters.remote import is_url
+    from .jobs.layout import jobs_root
     from .jobs.table import JobTable, public_view
 
-    store = args.store if is_remote(args.store) else Path(args.store)
-    if not is_remote(store) and not store.is_dir():
+    store = args.store if is_url(args.store) else Path(args.store)
+    if not is_url(store) and not store.is_dir():
         raise AdaptersKitError(f"store {store} is not a directory; pass --store DIR (or URL), the "
                                "store the server was started with")
     folder = jobs_root(store, args.jobs_dir)

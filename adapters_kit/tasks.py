@@ -217,14 +217,10 @@ class TaskSpec:
         return TaskSpec(**d)
 
 
-def _type_ok(value, hint) -> bool:
-    """Whether `value` is of the (simple) declared type `hint`; a bool is never a number."""
-    return _checker(hint)(value)
-
-
 @functools.cache
 def _checker(hint):
-    """The test `_type_ok` runs for `hint`, built once per type (a load checks every field)."""
+    """A test of whether a value is of the (simple) declared type `hint` (a bool is never a
+    number), built once per type: a load checks every field."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is float:
         return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def is_remote(store: str | Path) -> bool:
-    return isinstance(store, str) and "://" in store
-
-
 def jobs_root(store: str | Path, jobs_dir: str | Path | None = None) -> Path:
     """The local folder of the jobs of `store` (see the module's docstring)."""
     if jobs_dir is not None:
         return Path(jobs_dir)
-    if not is_remote(store):
+    from ..adapters.remote import is_url
+
+    if not is_url(store):
         return Path(store) / ".jobs"
     from ..backbones.embedded import cache_root
 

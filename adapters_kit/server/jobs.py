@@ -187,19 +187,20 @@ def add_routes(app: FastAPI, srv, caller) -> None:
         found = await run_in_threadpool(jobs.table.list, tenant.name)
         return _job_response(200, {"jobs": [public_view(j) for j in found]})
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="One job: state, progress, results")
-    async def show(job_id: str, tenant: Caller):
-        job = await run_in_threadpool(jobs.table.get, job_id, tenant.name)
+    async def one_job(action, job_id: str, tenant: Tenant):
+        """`action` (the table's get or cancel) on this tenant's job; 404 for any other."""
+        job = await run_in_threadpool(action, job_id, tenant.name)
         if job is None:
             raise unknown_job()
         return _job_response(200, public_view(job))
 
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], summary="One job: state, progress, results")
+    async def show(job_id: str, tenant: Caller):
+        return await one_job(jobs.table.get, job_id, tenant)
+
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"], summary="Cancel a job")
     async def cancel(job_id: str, tenant: Caller):
-        job = await run_in_threadpool(jobs.table.cancel, job_id, tenant.name)
-        if job is None:
-            raise unknown_job()
-        return _job_response(200, public_view(job))
+        return await one_job(jobs.table.cancel, job_id, tenant)
 
 
 def _job_response(status: int, body: dict, headers: dict | None = None):
