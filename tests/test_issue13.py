@@ -278,3 +278,16 @@ def test_serve_command_reads_the_environment_under_its_flags(monkeypatch, tmp_pa
     (config,) = seen
     assert (config.store, config.port, config.max_inputs) == (tmp_path, 9100, 7)
     assert config.backbone == "embedded-distilbert" and config.host == "127.0.0.1"
+
+
+def test_kind_names_are_spelled_only_inside_kinds():
+    """Issue 13: the built-in kinds' names appear as string literals only in kinds/ (their own
+    `name`s and the registry table); elsewhere code asks the kind, or uses DEFAULT_KIND."""
+    import re
+
+    pattern = re.compile(r'"(classification|multi-label|regression|token-classification|extractive-qa)"')
+    package = Path(__file__).resolve().parent.parent / "adapters_kit"
+    outside = [f"{p.relative_to(package)}:{n}" for p in sorted(package.rglob("*.py"))
+               if "kinds" not in p.relative_to(package).parts
+               for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert outside == []

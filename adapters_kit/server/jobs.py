@@ -36,6 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..errors import AdaptersKitError, shown
 from ..jobs.layout import JobLayout
 from ..jobs.table import JobTable, new_job_id, public_view
+from ..kinds import DEFAULT_KIND
 from ..tasks import TASK_NAME_RULE, is_task_name
 from .errors import ServeError
 from .tenants import Tenant
@@ -131,7 +132,7 @@ def add_routes(app: FastAPI, srv, caller) -> None:
     @app.post("/v1/jobs", status_code=201, tags=["jobs"],
               summary="Upload a labelled file and queue a training job for it")
     async def submit(tenant: Caller, file: Annotated[UploadFile, File()],
-                     name: Annotated[str, Form()], kind: Annotated[str, Form()] = "classification",
+                     name: Annotated[str, Form()], kind: Annotated[str, Form()] = DEFAULT_KIND,
                      labels: Annotated[str | None, Form()] = None,
                      text_fields: Annotated[str | None, Form()] = None,
                      label_field: Annotated[str | None, Form()] = None,
