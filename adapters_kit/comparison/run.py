@@ -179,7 +179,7 @@ def _run_cell(cell: grid.Cell, spec: TaskSpec, kind, dev_split, store: AdapterSt
                                progress=progress)
         path, train_seconds, reused = _trained(cell, spec, config, backbone, store, emit)
         figures = _measure(cell, spec, kind, dev_split, path, backbone, device)
-        return {**head, **figures, "train_seconds": round(train_seconds, 1), "reused": reused,
+        return {**head, **figures, "train_seconds": train_seconds, "reused": reused,
                 "adapter": str(path), "metric": spec.metric}
     except (KeyboardInterrupt, SystemExit):
         raise
