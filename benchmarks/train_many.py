@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, emit, require_shared  # noqa: E402
 
 CARD_DATA = ROOT / "adapters_kit" / "cards" / "data"
+STEPS = "steps (forward, backward, update)"
 
 
 def _rows(path: Path, delimiter: str = "\t", encoding: str = "utf-8-sig") -> list[dict]:
@@ -150,7 +151,7 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
             pass_tokens: int | None = None) -> dict:
     import warnings
 
-    from adapters_kit import TaskSpec, TrainConfig, TrainJob, train, train_many
+    from adapters_kit import Backbone, TaskSpec, TrainConfig, TrainJob, train, train_many
     from adapters_kit.kinds.quality import QualityWarning
     from adapters_kit.training import loop, many, save
     from adapters_kit.training.evaluate import DevEvaluator
@@ -160,24 +161,40 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     if pass_tokens:
         many.PASS_TOKENS = pass_tokens
     phases: dict[str, float] = defaultdict(float)
+    inside: list[str] = []  # the top-level phase being timed: a call inside it counts once
 
-    def timed(owner, attr, phase):
+    def timed(owner, attr, phase, part_of_another=False):
+        """Time `owner.attr` into `phase`; the top-level phases sum to at most the total, a
+        part (evaluation inside evaluate+checkpoint, the files inside save) is its own line."""
         fn = getattr(owner, attr)
 
         def wrapper(*a, **k):
+            top = not part_of_another
+            if top and inside:
+                return fn(*a, **k)
+            if top:
+                inside.append(phase)
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
                 phases[phase] += time.perf_counter() - t
+                if top:
+                    inside.pop()
         setattr(owner, attr, wrapper)
 
-    timed(DevEvaluator, "__call__", "evaluate")
+    timed(DevEvaluator, "__call__", "evaluate", part_of_another=True)
+    timed(save, "save_adapter", "write adapter files", part_of_another=True)
     timed(Fit, "_evaluate", "evaluate+checkpoint")
     timed(loop, "prepare", "set-up (data, model, LoRA)")
     timed(many, "prepare", "set-up (data, model, LoRA)")
-    timed(save, "save_adapter", "write adapter files")
     timed(loop.Prepared, "finish", "save (baseline, report, files)")
+    # the base and tokenizer `train_many` loads once before any task's set-up (`train` inside it)
+    for attr in ("resolve", "tokenizer", "load_model"):
+        timed(Backbone, attr, "set-up (data, model, LoRA)")
+    timed(many.SharedEncoder, "__init__", "set-up (data, model, LoRA)")
+    timed(Fit, "_step", STEPS)  # `train`'s step
+    timed(many, "_step", STEPS)  # `train_many`'s: every task's step at once
 
     specs = [TaskSpec(**c) for c in cards]
     config = TrainConfig(progress=False, seed=0, evals_per_epoch=1, dropout=dropout, threads=threads)
@@ -195,9 +212,9 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
                    for s in specs}
     seconds = time.perf_counter() - t0
     phases["total"] = seconds
-    phases["steps (forward, backward, update)"] = seconds - sum(
+    phases["other (the loop, progress, clock)"] = seconds - sum(
         v for k, v in phases.items() if k in ("evaluate+checkpoint", "set-up (data, model, LoRA)",
-                                              "save (baseline, report, files)"))
+                                              "save (baseline, report, files)", STEPS))
     return {"arm": arm, "seconds": seconds, "phases": dict(phases),
             "metrics": {s.name: results[s.name].metrics[s.metric] for s in specs},
             "metric_names": {s.name: s.metric for s in specs},

@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts with the session's torch thread count: a server's engine thread sets
+    the process-wide count, which would otherwise carry over to whichever test runs next."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
     """One cache of converted and materialised bases for the whole session."""

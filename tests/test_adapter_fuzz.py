@@ -19,7 +19,7 @@ import time
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_server import INPUTS, _engine_form, assert_same_outputs  # noqa: E402
 
@@ -28,6 +28,8 @@ from adapters_kit.adapters.store import CONFIG, TASK, AdapterStore, write_checks
 from adapters_kit.engine.cache import AdapterCache  # noqa: E402
 
 EXAMPLES = int(os.environ.get("ADAPTERS_KIT_FUZZ_EXAMPLES", "500"))
+SEED = os.environ.get("ADAPTERS_KIT_FUZZ_SEED")
+"""Unset: the same 500 mutations every run (a failure replays); set: a fresh draw from it."""
 SOURCES = ["tiny_sentiment", "tiny_ner", "tiny_qa"]
 GOOD = "tiny_topic"
 STATS: dict[str, int] = {}
@@ -116,7 +118,8 @@ def _outcome(result, source: str) -> str:
     return "served"
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
+@(seed(int(SEED)) if SEED else (lambda test: test))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=SEED is None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(mutation=mutations())
 def test_any_metadata_mutation_is_refused_clearly_or_served_and_others_keep_answering(

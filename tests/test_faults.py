@@ -208,8 +208,13 @@ def test_a_started_batch_stops_between_chunks_once_its_requests_are_past_their_d
     batcher.start()
     texts = [f"the film was great {i}" for i in range(40)]  # 40 rows, 2 per chunk: 20 chunks
 
+    # resident first: its cold load must not use up the deadline before any chunk runs (and
+    # no batch has run, so the engine has no rate to refuse the request by at the start)
+    batcher.cache.ensure(["tiny_sentiment"])
+
     async def ask():
-        future = batcher.submit("tiny_sentiment", texts, time.monotonic() + 0.3)
+        # 0.5 s: 20 chunks take at least 1 s, so the deadline passes part of the way through
+        future = batcher.submit("tiny_sentiment", texts, time.monotonic() + 0.5)
         with pytest.raises(ServeError) as e:
             await asyncio.wait_for(future, 10)
         return e.value
@@ -245,6 +250,38 @@ def _slow_batcher(store, tiny_distilbert, calls: list, batch_tokens: int = 4096,
 
     model.forward = slow_forward
     return batcher, model
+
+
+def test_a_request_the_engine_has_taken_but_not_yet_run_still_counts_in_the_expected_wait(
+        store, tiny_distilbert):
+    """The engine takes a request, then waits for a held engine (a cold load or an admin
+    swap would hold it): the queue is empty, but the expected wait still counts that request,
+    so the door does not judge the engine idle while it has work in hand."""
+    import asyncio
+
+    calls: list[int] = []
+    batcher, model = _slow_batcher(store, tiny_distilbert, calls)
+    long = [f"the film was great {i}" for i in range(40)]
+    batcher.start()
+
+    async def scenario():
+        await asyncio.wait_for(batcher.submit("tiny_sentiment", long, time.monotonic() + 30), 30)
+        with model.paused():
+            a = batcher.submit("tiny_sentiment", long, time.monotonic() + 30)
+            for _ in range(400):  # until the engine thread has taken it from the queue
+                if batcher._pending == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert batcher._pending == 0, "the engine did not take the request"
+            in_hand = batcher.expected_wait(1)
+        await asyncio.wait_for(a, 30)
+        return in_hand
+
+    try:
+        in_hand = asyncio.run(scenario())
+    finally:
+        batcher.stop(10)
+    assert in_hand is not None and in_hand > 0
 
 
 def test_the_engine_never_spends_a_batch_on_requests_it_cannot_finish_in_time(

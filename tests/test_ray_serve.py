@@ -121,15 +121,17 @@ def test_two_replicas_answer_many_tasks_as_the_engine_does_and_stick_to_warm_rep
                 time.sleep(2)  # the replicas' lists of held adapters reach the router
 
         # tasks spread over both replicas (the router gives a new task to the replica holding
-        # fewest), and each task, once held, is sent back to the replica that holds it
+        # fewest), and each task, once held, is sent back to a replica that holds it (one
+        # that served it before: if the router's view lagged in round 1, both may hold it)
         assert len(set().union(*served.values())) == 2, served
         for task in ("tiny_topic_s11", "tiny_ner", "tiny_sentiment"):
             first = c.post("/v1/predict", json={"task": task, "inputs": _inputs(task)})
+            holders = served[task] | {first.headers["X-Served-By"]}
             for _ in range(8):
                 r = c.post("/v1/predict", json={"task": task, "inputs": _inputs(task)[:1]})
                 assert r.status_code == 200, r.text
                 assert r.headers["X-Adapter-Warm"] == "true", task
-                assert r.headers["X-Served-By"] == first.headers["X-Served-By"], task
+                assert r.headers["X-Served-By"] in holders, (task, holders)
 
 
 @pytest.mark.slow

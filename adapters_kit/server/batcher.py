@@ -318,6 +318,9 @@ class Batcher:
             chars = self._tenant_chars.pop(tenant) - job.chars
             if left > 0 or line:
                 self._tenant_inputs[tenant], self._tenant_chars[tenant] = left, chars
+            # in hand from now on: `expected_wait` counts it as the running batch's (preparing
+            # it may wait for a load or a held engine), before it leaves the queue's count
+            self._batch_chars += job.chars
             self._pending -= len(job.inputs)
             self._pending_chars -= job.chars
             self.metrics.queue_depth.set(self._pending)
@@ -329,6 +332,7 @@ class Batcher:
         The batch is closed early when the next request would make it run past the earliest
         deadline already in it: that request is carried over to head the next batch."""
         carried, self._carry, job = self._carry, None, None
+        self._batch_chars = 0 if carried is None else carried.job.chars
         if carried is None:
             job = self._take(None)
             if job is None:
