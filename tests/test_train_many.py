@@ -159,3 +159,31 @@ def test_cli_train_many_writes_each_adapter_under_out(tiny_distilbert, tmp_path,
     assert {e["task"] for e in events} == {"cli_a", "cli_b"}
     assert main(["train-many", *cards, "--out", str(out), "--backbone", tiny_distilbert]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_every_task_model_uses_the_one_shared_base_weights(tiny_backbone):
+    """However many tasks join, each task model's frozen base weights are the shared base's
+    own tensors (one copy in memory), its routed linears included, and its head its own."""
+    from peft import LoraConfig, get_peft_model
+
+    from adapters_kit import Backbone
+    from adapters_kit.backbones import OUTPUT_LAYERS, target_modules
+    from adapters_kit.training.routing import SharedEncoder
+
+    backbone = Backbone.resolve(tiny_backbone)
+    shared = SharedEncoder(backbone.load_model(1), backbone.arch)
+    base_tensors = {p.data_ptr() for p in shared.model.parameters()}
+    models = []
+    for labels in (2, 3, 4):
+        model = backbone.load_model(labels)
+        shared.share(model)
+        config = LoraConfig(r=2, target_modules=target_modules(backbone.arch, "all-linear"))
+        peft_model = get_peft_model(model, config)
+        shared.add(peft_model)
+        models.append(peft_model)
+    for i, peft_model in enumerate(models):
+        frozen = {n: p for n, p in peft_model.get_base_model().named_parameters()
+                  if "lora_" not in n and n.split(".")[0] not in OUTPUT_LAYERS}
+        assert frozen, "no frozen base weights found"
+        own = sorted(n for n, p in frozen.items() if p.data_ptr() not in base_tensors)
+        assert not own, f"task {i} holds its own copy of {len(own)} base weights: {own[:3]}"

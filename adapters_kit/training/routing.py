@@ -116,6 +116,9 @@ class SharedEncoder:
     def share(self, model: nn.Module) -> None:
         """Tie a freshly loaded task base's weights to this base's (its output layer stays its own)."""
         shared = dict(self.model.named_parameters())
+        for path, routed in self.routed.items():  # a routed linear's weights are its base's
+            for name, p in routed.base.named_parameters():
+                shared[f"{self.prefix}.{path}.{name}"] = p
         for path, module in model.named_modules():
             if path.split(".")[0] in OUTPUT_LAYERS:
                 continue
