@@ -10,6 +10,7 @@ baseline) are timed by wrapping the library's own functions.
     python benchmarks/train_many.py                # 120 to 400 rows a task (see --scale)
     python benchmarks/train_many.py --quick        # 64 to 200 rows a task
     python benchmarks/train_many.py --scale 1      # the issue's size: 400 to 3,000 rows a task
+    python benchmarks/train_many.py --gemm         # linear throughput: one task's batch vs a merged pass
 
 Targets (issue 15): together <= 0.6x sequential, every task's dev metric within 1.0 point.
 Ends with one JSON line: tasks, together_seconds, sequential_seconds, ratio, worst_metric_drop
@@ -239,10 +240,16 @@ def main() -> None:
                    "work, two OpenMP threads waiting on each other ran many times slower)")
     p.add_argument("--pass-tokens", type=int,
                    help="most padded positions in one shared pass (default: train_many's)")
+    p.add_argument("--gemm", action="store_true",
+                   help="only print this machine's linear-layer throughput at one task's batch "
+                   "size against a merged pass's (where the time goes), then exit")
     p.add_argument("--arm", choices=["together", "sequential"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     dropout = None if args.keep_dropout else args.dropout
+    if args.gemm:
+        gemm_probe(args.threads)
+        return
     if args.arm:
         work = Path(args.work)
         cards = json.loads((work / "tasks.json").read_text())
@@ -272,6 +279,30 @@ def main() -> None:
             print(f"{arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_mb']:.0f} MB",
                   flush=True)
     report(arms, scale, dropout)
+
+
+def gemm_probe(threads: int) -> None:
+    """GFLOP/s of the encoder's FFN linear (384 -> 1536) with M rows of tokens: one task's
+    batch (16 rows of ~50 word pieces: ~800) against merged passes of several tasks' rows. A
+    merged pass can only be faster where more rows make the matrix product faster."""
+    import torch
+
+    torch.set_num_threads(threads)
+    figures = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(1536, 384, dtype=dtype)
+        for m in (800, 3200, 12800):
+            x = torch.randn(m, 384, dtype=dtype)
+            for _ in range(3):
+                torch.nn.functional.linear(x, w)
+            n = max(5, 80_000 // m)
+            t = time.perf_counter()
+            for _ in range(n):
+                torch.nn.functional.linear(x, w)
+            gflops = 2 * m * 384 * 1536 * n / (time.perf_counter() - t) / 1e9
+            figures[f"{str(dtype).split('.')[-1]}_m{m}"] = round(gflops, 1)
+            print(f"  {str(dtype).split('.')[-1]:>8}  M={m:>6} rows: {gflops:7.1f} GFLOP/s", flush=True)
+    emit({"threads": threads, "gflops": figures})
 
 
 def _warm(cards: list[dict]) -> None:

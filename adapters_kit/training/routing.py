@@ -27,7 +27,8 @@ ADAPTER = "default"
 
 
 class Router:
-    """The current pass's groups: (member index, first row, end row), rows of a task together."""
+    """The current pass's groups: (member index, first row, end row), rows of a task together,
+    the groups in row order and covering the pass."""
 
     def __init__(self) -> None:
         self.groups: tuple[tuple[int, int, int], ...] = ()
@@ -83,18 +84,23 @@ class RoutedLinear(nn.Module):
         if len(groups) == 1:  # one task: its own layer on the whole batch, exactly as `train`
             layer = self.layers[groups[0][0]]
             return self.base(x) if layer is None else layer(x)
-        base_out = None
+        # The groups' rows as views from one split (not a slice each): a split's backward
+        # joins the groups' gradients once, where each slice's would fill a zero tensor the
+        # size of the whole pass and add into it.
+        sizes = [end - start for _, start, end in groups]
+        xs = x.split(sizes)
+        base_outs = None
         parts = []
-        for i, start, end in groups:
+        for (i, _, _), x_part in zip(groups, xs):
             layer = self.layers[i]
             if layer is None or _plain_lora(layer):
-                if base_out is None:
-                    base_out = self.base(x)  # [B, T, d_out]: one GEMM for every row
-                part = base_out[start:end]
+                if base_outs is None:
+                    base_outs = self.base(x).split(sizes)  # one GEMM for every row of the pass
+                part = base_outs[len(parts)]
                 if layer is not None:
-                    part = (part + lora_product(layer, x[start:end])).to(base_out.dtype)
+                    part = (part + lora_product(layer, x_part)).to(part.dtype)
             else:  # DoRA or a trained copy: the task's own forward on its rows
-                part = layer(x[start:end])
+                part = layer(x_part)
             parts.append(part)
         return torch.cat(parts)
 
