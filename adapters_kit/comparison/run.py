@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.fsutil import atomic_write_text, default_file_mode, sha256_file
-from ..adapters.store import CHECKSUMS, AdapterStore, read_adapter
+from ..adapters.store import CHECKSUMS, TASK, AdapterStore, read_adapter
 from ..backbones import Backbone
 from ..engine.memory import HeapTrimmer
 from ..engine.model import MultiTaskModel
@@ -230,8 +230,8 @@ def _trained(cell: grid.Cell, spec: TaskSpec, config: TrainConfig, backbone: Bac
     with contextlib.suppress(OSError, ValueError, KeyError, AdaptersKitError):
         kept = json.loads(marker.read_text())
         if kept["key"] == key and kept["digest"] == sha256_file(path / CHECKSUMS):
-            files = read_adapter(path)  # still whole (its own checksums)
-            return path, float(files.task["training"]["train_seconds"]), True
+            card = read_adapter(path).task  # still whole (its own checksums)
+            return path, _recorded_seconds(card), True
     marker.unlink(missing_ok=True)  # whatever was kept is stale now
 
     def forward(event: dict) -> None:
@@ -240,8 +240,13 @@ def _trained(cell: grid.Cell, spec: TaskSpec, config: TrainConfig, backbone: Bac
     train(spec, path, config, on_progress=forward)
     atomic_write_text(marker, json.dumps({"key": key, "digest": sha256_file(path / CHECKSUMS),
                                           "settings": settings}, indent=1, default=str))
-    # the figure the card recorded, so a later run that reuses this adapter reports the same one
-    return path, float(read_adapter(path).task["training"]["train_seconds"]), False
+    return path, _recorded_seconds(json.loads((path / TASK).read_text())), False
+
+
+def _recorded_seconds(card: dict) -> float:
+    """The training seconds an adapter's card (`task.json`) recorded: a fresh cell and a later
+    run that reuses its adapter report the same figure."""
+    return float(card["training"]["train_seconds"])
 
 
 def _measure(cell: grid.Cell, spec: TaskSpec, kind, dev_split, path: Path, backbone: Backbone,

@@ -91,12 +91,12 @@ class RoutedLinear(nn.Module):
         xs = x.split(sizes)
         base_outs = None
         parts = []
-        for (i, _, _), x_part in zip(groups, xs):
+        for g, ((i, _, _), x_part) in enumerate(zip(groups, xs)):
             layer = self.layers[i]
             if layer is None or _plain_lora(layer):
                 if base_outs is None:
                     base_outs = self.base(x).split(sizes)  # one GEMM for every row of the pass
-                part = base_outs[len(parts)]
+                part = base_outs[g]
                 if layer is not None:
                     part = (part + lora_product(layer, x_part)).to(part.dtype)
             else:  # DoRA or a trained copy: the task's own forward on its rows
