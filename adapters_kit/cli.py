@@ -185,7 +185,7 @@ def cmd_train_many(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # reported below, once per task
         warnings.simplefilter("ignore", QualityWarning)
         results = train_many([TrainJob(s, out / s.name, config) for s in specs],
-                             on_progress=_progress_line if args.json else None)
+                             on_progress=_progress_line if args.json else None, lanes=args.lanes)
     if args.json:
         _print_json({"backbone": args.backbone,
                      "tasks": {name: r.to_dict() for name, r in results.items()}})
@@ -419,6 +419,12 @@ def _thread_count(text: str) -> int:
     return int(text)
 
 
+def _lane_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes; give 1 or more")
+    return int(text)
+
+
 class _UsageError(Exception):
     """A command-line mistake, raised instead of argparse's exit so `--json` can report it."""
 
@@ -503,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_thread_count)
+    p.add_argument("--lanes", type=_lane_count, default=1,
+                   help="train the tasks in this many groups side by side, the torch threads "
+                   "divided between them (default 1; on a CPU, the number of cores is faster; "
+                   "with dropout on, a run of several lanes is not repeatable bit for bit)")
     p.add_argument("--overwrite", action="store_true", help="replace existing adapters")
     p.add_argument("--no-resume", action="store_true", help="ignore interrupted runs' checkpoints")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout; progress as "

@@ -11,6 +11,7 @@ baseline) are timed by wrapping the library's own functions.
     python benchmarks/train_many.py --quick        # 64 to 200 rows a task
     python benchmarks/train_many.py --scale 1      # the issue's size: 400 to 3,000 rows a task
     python benchmarks/train_many.py --gemm         # linear throughput: one task's batch vs a merged pass
+    python benchmarks/train_many.py --threads 2 --lanes 2   # together: two lanes of one thread
 
 Targets (issue 15): together <= 0.6x sequential, every task's dev metric within 1.0 point.
 Ends with one JSON line: tasks, together_seconds, sequential_seconds, ratio, worst_metric_drop
@@ -27,6 +28,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -149,7 +151,7 @@ def build_tasks(shared: Path, folder: Path, scale: float, floor: int = 120,
 # -- one arm, in its own process --------------------------------------------------------------
 
 def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threads: int,
-            pass_tokens: int | None = None) -> dict:
+            pass_tokens: int | None = None, lanes: int = 1) -> dict:
     import warnings
 
     from adapters_kit import Backbone, TaskSpec, TrainConfig, TrainJob, train, train_many
@@ -162,7 +164,8 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     if pass_tokens:
         many.PASS_TOKENS = pass_tokens
     phases: dict[str, float] = defaultdict(float)
-    inside: list[str] = []  # the top-level phase being timed: a call inside it counts once
+    # the top-level phase each thread is in (a lane is a thread): a call inside it counts once
+    local = threading.local()
 
     def timed(owner, attr, phase, part_of_another=False):
         """Time `owner.attr` into `phase`; the top-level phases sum to at most the total, a
@@ -170,6 +173,7 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
         fn = getattr(owner, attr)
 
         def wrapper(*a, **k):
+            inside = local.__dict__.setdefault("phases", [])
             top = not part_of_another
             if top and inside:
                 return fn(*a, **k)
@@ -207,15 +211,17 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
                   f"{event['event']} step {event['step']}", file=sys.stderr, flush=True)
 
     if arm == "together":
-        results = train_many([TrainJob(s, out / s.name, config) for s in specs], on_progress=shown)
+        results = train_many([TrainJob(s, out / s.name, config) for s in specs], on_progress=shown,
+                             lanes=lanes)
     else:
         results = {s.name: train(s, out / s.name, config, on_progress=lambda e, n=s.name: shown(e, n))
                    for s in specs}
     seconds = time.perf_counter() - t0
     phases["total"] = seconds
-    phases["other (the loop, progress, clock)"] = seconds - sum(
-        v for k, v in phases.items() if k in ("evaluate+checkpoint", "set-up (data, model, LoRA)",
-                                              "save (baseline, report, files)", STEPS))
+    if lanes == 1 or arm == "sequential":  # with lanes, the phases are summed over the lanes
+        phases["other (the loop, progress, clock)"] = seconds - sum(
+            v for k, v in phases.items() if k in ("evaluate+checkpoint", "set-up (data, model, LoRA)",
+                                                  "save (baseline, report, files)", STEPS))
     return {"arm": arm, "seconds": seconds, "phases": dict(phases),
             "metrics": {s.name: results[s.name].metrics[s.metric] for s in specs},
             "metric_names": {s.name: s.metric for s in specs},
@@ -238,6 +244,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in both arms (default 1: on a machine shared with other "
                    "work, two OpenMP threads waiting on each other ran many times slower)")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="train_many's lanes in the together arm: groups of tasks trained side by "
+                   "side, the --threads divided between them (default 1; the sequential arm "
+                   "trains one task at a time on all --threads)")
     p.add_argument("--pass-tokens", type=int,
                    help="most padded positions in one shared pass (default: train_many's)")
     p.add_argument("--gemm", action="store_true",
@@ -254,7 +264,7 @@ def main() -> None:
         work = Path(args.work)
         cards = json.loads((work / "tasks.json").read_text())
         print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads,
-                                 args.pass_tokens)), flush=True)
+                                 args.pass_tokens, args.lanes)), flush=True)
         return
 
     shared = require_shared("ag_news", "test.csv")
@@ -271,6 +281,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work),
                    "--threads", str(args.threads)]
             cmd += ["--pass-tokens", str(args.pass_tokens)] if args.pass_tokens else []
+            cmd += ["--lanes", str(args.lanes)]
             cmd += ["--keep-dropout"] if args.keep_dropout else ["--dropout", str(args.dropout)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress: stderr
             if done.returncode != 0:
@@ -278,7 +289,7 @@ def main() -> None:
             arms[arm] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_mb']:.0f} MB",
                   flush=True)
-    report(arms, scale, dropout)
+    report(arms, scale, dropout, args.threads, args.lanes)
 
 
 def gemm_probe(threads: int) -> None:
@@ -314,7 +325,7 @@ def _warm(cards: list[dict]) -> None:
         backbone.head_dir(len(c["labels"]))
 
 
-def report(arms: dict, scale: float, dropout) -> None:
+def report(arms: dict, scale: float, dropout, threads: int = 1, lanes: int = 1) -> None:
     tog, seq = arms["together"], arms["sequential"]
     print(f"\n{'task':<22} {'rows':>5} {'steps':>5} {'metric':<9} {'alone':>7} {'together':>8} {'drop':>6}")
     drops = {}
@@ -324,20 +335,23 @@ def report(arms: dict, scale: float, dropout) -> None:
         print(f"{name:<22} {seq['train_rows'][name]:>5} {seq['steps'][name]:>5} "
               f"{seq['metric_names'][name]:<9} {alone:>7.4f} {together:>8.4f} {drops[name]:>6.2f}")
     print("\nwhere the time goes (seconds; evaluation is inside evaluate+checkpoint, the "
-          "adapter files inside save):")
+          "adapter files inside save" + (f"; the together arm's phases are summed over its {lanes} "
+                                         "lanes, which ran side by side" if lanes > 1 else "") + "):")
     for phase in sorted(set(tog["phases"]) | set(seq["phases"])):
         print(f"  {phase:<32} together {tog['phases'].get(phase, 0):8.1f}   "
               f"sequential {seq['phases'].get(phase, 0):8.1f}")
     ratio = tog["seconds"] / seq["seconds"]
     print(f"\ntogether {tog['seconds']:.1f} s, one after another {seq['seconds']:.1f} s: "
           f"ratio {ratio:.3f} (target <= 0.6); worst metric drop {max(drops.values()):.2f} points "
-          f"(target <= 1.0); row scale {scale}, dropout {dropout}")
+          f"(target <= 1.0); row scale {scale}, dropout {dropout}, {threads} threads, "
+          f"together in {lanes} lane{'s' if lanes > 1 else ''}")
     emit({"tasks": len(drops), "together_seconds": round(tog["seconds"], 1),
           "sequential_seconds": round(seq["seconds"], 1), "ratio": round(ratio, 3),
           "worst_metric_drop": max(drops.values()),
           "peak_rss_mb": {"together": round(tog["peak_rss_mb"], 1),
                           "sequential": round(seq["peak_rss_mb"], 1)},
-          "metric_drops": drops, "scale": scale, "dropout": dropout})
+          "metric_drops": drops, "scale": scale, "dropout": dropout, "threads": threads,
+          "lanes": lanes})
 
 
 if __name__ == "__main__":

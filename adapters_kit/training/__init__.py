@@ -2,7 +2,8 @@
 save), over `config` (TrainConfig and the resolved config), `data`, `setup` (model with LoRA,
 optimizer, schedule), `checkpoint` (resume state), `fit` (the step loop, early stopping),
 `evaluate` and `save`; `many.train_many` trains many tasks in one pass over one shared
-base (`routing`); DDP under accelerate (`distributed`) and the figures (`plots`)."""
+base (`routing`), in one or several `lanes` side by side; DDP under accelerate
+(`distributed`) and the figures (`plots`)."""
 
 from ..errors import TrainingInterrupted
 from .config import ResolvedConfig, TrainConfig

@@ -15,6 +15,7 @@ encoder answered from the shared pass, so the head code is transformers' own.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -26,9 +27,10 @@ ADAPTER = "default"
 """The peft adapter name of every task model (one adapter per model)."""
 
 
-class Router:
+class Router(threading.local):
     """The current pass's groups: (member index, first row, end row), rows of a task together,
-    the groups in row order and covering the pass."""
+    the groups in row order and covering the pass. Each thread has its own (a `train_many`
+    lane runs its passes while another lane runs its own)."""
 
     def __init__(self) -> None:
         self.groups: tuple[tuple[int, int, int], ...] = ()
