@@ -342,7 +342,7 @@ _SERVE_LIMITS = {"max_body_bytes": int, "max_inputs": int, "max_chars": int,
                  "batch_tokens": int, "max_wait_ms": float, "deadline_s": float,
                  "torch_threads": int, "store_poll_s": float, "store_cache_bytes": int,
                  "tenant_queue_inputs": int, "tenant_rate": float,
-                 "job_threads": int, "job_max_bytes": int, "job_max_rows": int,
+                 "job_threads": int, "job_lanes": int, "job_max_bytes": int, "job_max_rows": int,
                  "tenant_queued_jobs": int, "tenant_running_jobs": int}
 
 

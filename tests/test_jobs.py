@@ -189,6 +189,36 @@ def test_per_tenant_limits_on_queued_and_running_jobs(tmp_path):
     assert [j["id"] for j in group] == ["job_a0", "job_a1"]
 
 
+def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, sentiment_task,
+                                                              topic_task, tmp_path):
+    """`job_lanes`: the worker's group run split between lanes gives each job the adapter one
+    lane gives (no dropout, fp32), and every job's progress reaches the worker's thread."""
+    import threading
+
+    import torch
+    from conftest import quick
+    from safetensors.torch import load_file
+
+    from adapters_kit.adapters.store import WEIGHTS
+    from adapters_kit.jobs.runner import GroupJob, run_group
+
+    cfg = quick(tiny_distilbert, dropout=0.0, precision="fp32", epochs=1)
+    outs, seen = {}, []
+    for lanes in (1, 2):
+        jobs = [GroupJob(f"job_{s.name}", s, tmp_path / str(lanes) / s.name, cfg)
+                for s in (sentiment_task, topic_task)]
+        outs[lanes] = run_group(jobs, lambda job, e: seen.append((threading.get_ident(), job)),
+                                lanes=lanes)
+        assert outs[lanes] == {j.id: j.out_dir for j in jobs}
+    assert {who for who, _ in seen} == {threading.get_ident()}
+    assert {job for _, job in seen} == {"job_tiny_sentiment", "job_tiny_topic"}
+    for job, path in outs[2].items():
+        one, two = load_file(str(outs[1][job] / WEIGHTS)), load_file(str(path / WEIGHTS))
+        assert sorted(one) == sorted(two)
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], rtol=0, atol=2e-5, msg=k)
+
+
 # -- cancel ------------------------------------------------------------------------------------
 
 def test_cancel_stops_a_queued_or_running_job_and_nothing_is_published(jobs_server, tmp_path):

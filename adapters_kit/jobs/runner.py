@@ -48,13 +48,13 @@ def _train_many():
     return TrainJob, train_many
 
 
-def run_group(jobs: list[GroupJob], on_progress: Progress) -> dict[str, object]:
+def run_group(jobs: list[GroupJob], on_progress: Progress, lanes: int = 1) -> dict[str, object]:
     """Train `jobs` (distinct task names); job id -> its adapter directory, or the exception
     that ended it (`JobStopped` for a cancelled one, `Requeue` for one stopped with it)."""
     many = _train_many()
     if many is not None and len(jobs) > 1:
         try:
-            return _together(jobs, on_progress, *many)
+            return _together(jobs, on_progress, *many, lanes=lanes)
         except JobStopped as e:
             return {j.id: e if j.id == e.job_id else Requeue(str(e)) for j in jobs}
         except Exception:  # one job's data or settings: find whose, each trained alone
@@ -63,7 +63,7 @@ def run_group(jobs: list[GroupJob], on_progress: Progress) -> dict[str, object]:
     return _one_by_one(jobs, on_progress)
 
 
-def _together(jobs, on_progress, TrainJob, train_many) -> dict[str, object]:
+def _together(jobs, on_progress, TrainJob, train_many, lanes: int = 1) -> dict[str, object]:
     by_task = {j.spec.name: j for j in jobs}
 
     def relay(event: dict) -> None:
@@ -71,7 +71,8 @@ def _together(jobs, on_progress, TrainJob, train_many) -> dict[str, object]:
         if job is not None:
             on_progress(job.id, event)
 
-    results = train_many([TrainJob(j.spec, j.out_dir, j.config) for j in jobs], on_progress=relay)
+    results = train_many([TrainJob(j.spec, j.out_dir, j.config) for j in jobs], on_progress=relay,
+                         lanes=lanes)
     return {j.id: results[j.spec.name].path for j in jobs}
 
 

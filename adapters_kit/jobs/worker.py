@@ -1,7 +1,8 @@
 """The trainer worker: its own process, its own torch thread budget, at a lower CPU priority,
 so the server's engine keeps its cores.
 
-    python -m adapters_kit.jobs.worker --store DIR|URL [--jobs-dir DIR] [--threads 1] [--nice 10]
+    python -m adapters_kit.jobs.worker --store DIR|URL [--jobs-dir DIR] [--threads 1] [--lanes 1]
+                                       [--nice 10]
 
 `adapters-kit serve --jobs` starts it (and starts it again if it dies). One worker per jobs
 folder (jobs/layout.py): it holds `JOBS/worker.lock` for its life. On start it puts back in
@@ -40,6 +41,8 @@ class WorkerSettings:
     """The jobs folder, where not the store's default (jobs/layout.py)."""
     threads: int = 1
     """torch intra-op threads of the worker."""
+    lanes: int = 1
+    """`train_many` lanes: a run's jobs in groups trained side by side, sharing the threads."""
     nice: int = 10
     """Added to the worker's CPU niceness: under contention the engine's threads run first."""
     max_rows: int = 20_000
@@ -141,7 +144,7 @@ class Worker:
             except Exception as e:  # checked at the door; a table written by hand may differ
                 ready[job["id"]] = e
         log.info("training %d job(s): %s", len(todo), [j.id for j in todo])
-        outcomes = {**ready, **(run_group(todo, self._progress) if todo else {})}
+        outcomes = {**ready, **(run_group(todo, self._progress, self.s.lanes) if todo else {})}
         for job_id, outcome in outcomes.items():
             if isinstance(outcome, Path):
                 try:
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", required=True, help="the store's folder or URL")
     ap.add_argument("--jobs-dir", type=Path, help="the jobs folder (default: the store's)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lanes", type=int, default=1, help="train_many lanes (default 1)")
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--max-rows", type=int, default=20_000)
     ap.add_argument("--max-tasks", type=int, default=8)
@@ -225,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s adapters-kit worker: %(message)s")
     Worker(WorkerSettings(store=args.store, jobs_dir=args.jobs_dir, threads=args.threads,
+                          lanes=args.lanes,
                           nice=args.nice, max_rows=args.max_rows, max_tasks=args.max_tasks,
                           running_per_tenant=args.running_per_tenant,
                           parent_pid=args.parent_pid)).run(once=args.once)

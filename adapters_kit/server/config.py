@@ -116,6 +116,9 @@ class ServeConfig:
     for a folder store, `<adapters_kit cache>/jobs/<hash of the URL>` for a remote one)."""
     job_threads: int = 1
     """torch threads of the trainer worker; with `torch_threads` 0 the engine gets the rest."""
+    job_lanes: int = 1
+    """`train_many` lanes of the worker: groups of a run's jobs trained side by side, the
+    `job_threads` divided between them (with dropout on, such a run is not bit-repeatable)."""
     job_max_bytes: int = 32 << 20
     """Largest upload of a job's labelled file; a larger one gets 413."""
     job_max_rows: int = 200_000

@@ -234,7 +234,8 @@ class JobService:
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "adapters_kit.jobs.worker", "--store", str(c.store),
              "--jobs-dir", str(self.layout.root),
-             "--threads", threads, "--max-rows", str(c.job_group_rows),
+             "--threads", threads, "--lanes", str(c.job_lanes),
+             "--max-rows", str(c.job_group_rows),
              "--max-tasks", str(c.job_group_tasks), "--running-per-tenant",
              str(c.tenant_running_jobs), "--parent-pid", str(os.getpid())],
             env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
