@@ -12,6 +12,7 @@ baseline) are timed by wrapping the library's own functions.
     python benchmarks/train_many.py --scale 1      # the issue's size: 400 to 3,000 rows a task
     python benchmarks/train_many.py --gemm         # linear throughput: one task's batch vs a merged pass
     python benchmarks/train_many.py --threads 2 --lanes 2   # together: two lanes of one thread
+    python benchmarks/train_many.py --noise-floor --threads 2  # solo runs on 2 threads vs on 1
 
 Targets (issue 15): together <= 0.6x sequential, every task's dev metric within 1.0 point.
 Ends with one JSON line: tasks, together_seconds, sequential_seconds, ratio, worst_metric_drop
@@ -253,6 +254,10 @@ def main() -> None:
     p.add_argument("--gemm", action="store_true",
                    help="only print this machine's linear-layer throughput at one task's batch "
                    "size against a merged pass's (where the time goes), then exit")
+    p.add_argument("--noise-floor", action="store_true",
+                   help="instead of the together arm: the sequential arm twice, on --threads and "
+                   "on 1 thread, and how far each task's dev metric moves when only the thread "
+                   "count (and so the rounding of the matrix products) changes")
     p.add_argument("--arm", choices=["together", "sequential"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -263,7 +268,8 @@ def main() -> None:
     if args.arm:
         work = Path(args.work)
         cards = json.loads((work / "tasks.json").read_text())
-        print(json.dumps(run_arm(args.arm, cards, work / args.arm, dropout, args.threads,
+        out = work / f"{args.arm}-{args.threads}t"
+        print(json.dumps(run_arm(args.arm, cards, out, dropout, args.threads,
                                  args.pass_tokens, args.lanes)), flush=True)
         return
 
@@ -277,19 +283,44 @@ def main() -> None:
         (work / "tasks.json").write_text(json.dumps(cards))
         _warm(cards)
         arms = {}
-        for arm in ("together", "sequential"):
+        plan = ([("sequential", args.threads), ("sequential", 1)] if args.noise_floor
+                else [("together", args.threads), ("sequential", args.threads)])
+        for arm, threads in plan:
             cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work),
-                   "--threads", str(args.threads)]
+                   "--threads", str(threads)]
             cmd += ["--pass-tokens", str(args.pass_tokens)] if args.pass_tokens else []
             cmd += ["--lanes", str(args.lanes)]
             cmd += ["--keep-dropout"] if args.keep_dropout else ["--dropout", str(args.dropout)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # progress: stderr
             if done.returncode != 0:
                 sys.exit(f"the {arm} arm failed (exit {done.returncode})")
-            arms[arm] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_mb']:.0f} MB",
-                  flush=True)
-    report(arms, scale, dropout, args.threads, args.lanes)
+            name = f"{arm} on {threads} thread{'s' if threads > 1 else ''}" if args.noise_floor else arm
+            arms[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{name}: {arms[name]['seconds']:.1f} s, peak RSS "
+                  f"{arms[name]['peak_rss_mb']:.0f} MB", flush=True)
+    if args.noise_floor:
+        noise_report(arms, scale, dropout)
+    else:
+        report(arms, scale, dropout, args.threads, args.lanes)
+
+
+def noise_report(arms: dict, scale: float, dropout) -> None:
+    """How far the solo runs' dev metrics move between two thread counts: the same rows, steps
+    and seeds, only the matrix products' rounding differs (as it does in a merged pass)."""
+    (a_name, a), (b_name, b) = arms.items()
+    print(f"\n{'task':<22} {a_name:>24} {b_name:>24} {'difference':>11}")
+    diffs = {}
+    for task, value in a["metrics"].items():
+        diffs[task] = round(100 * (value - b["metrics"][task]), 2)
+        print(f"{task:<22} {value:>24.4f} {b['metrics'][task]:>24.4f} {diffs[task]:>11.2f}")
+    worst = max(abs(d) for d in diffs.values())
+    print(f"\nthe same solo runs on two thread counts: worst dev-metric difference {worst:.2f} "
+          f"points, {sum(d != 0 for d in diffs.values())} of {len(diffs)} tasks moved; row scale "
+          f"{scale}, dropout {dropout}")
+    emit({"noise_floor": True, "tasks": len(diffs), "arms": [a_name, b_name],
+          "seconds": {a_name: round(a["seconds"], 1), b_name: round(b["seconds"], 1)},
+          "worst_metric_difference": worst, "metric_differences": diffs, "scale": scale,
+          "dropout": dropout})
 
 
 def gemm_probe(threads: int) -> None:
