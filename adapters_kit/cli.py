@@ -511,8 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_thread_count)
     p.add_argument("--lanes", type=_lane_count, default=1,
                    help="train the tasks in this many groups side by side, the torch threads "
-                   "divided between them (default 1; on a CPU, the number of cores is faster; "
-                   "with dropout on, a run of several lanes is not repeatable bit for bit)")
+                   "divided between them, at most one lane per thread (default 1; more can be "
+                   "faster on a CPU whose cores one task's batch leaves idle; with dropout on, "
+                   "a run of several lanes is not repeatable bit for bit)")
     p.add_argument("--overwrite", action="store_true", help="replace existing adapters")
     p.add_argument("--no-resume", action="store_true", help="ignore interrupted runs' checkpoints")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout; progress as "

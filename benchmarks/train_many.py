@@ -167,6 +167,7 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     phases: dict[str, float] = defaultdict(float)
     # the top-level phase each thread is in (a lane is a thread): a call inside it counts once
     local = threading.local()
+    adding = threading.Lock()  # lanes add into the same phases
 
     def timed(owner, attr, phase, part_of_another=False):
         """Time `owner.attr` into `phase`; the top-level phases sum to at most the total, a
@@ -184,7 +185,8 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
             try:
                 return fn(*a, **k)
             finally:
-                phases[phase] += time.perf_counter() - t
+                with adding:
+                    phases[phase] += time.perf_counter() - t
                 if top:
                     inside.pop()
         setattr(owner, attr, wrapper)

@@ -190,7 +190,7 @@ def test_per_tenant_limits_on_queued_and_running_jobs(tmp_path):
 
 
 def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, sentiment_task,
-                                                              topic_task, tmp_path):
+                                                              topic_task, tmp_path, monkeypatch):
     """`job_lanes`: the worker's group run split between lanes gives each job the adapter one
     lane gives (no dropout, fp32), and every job's progress reaches the worker's thread."""
     import threading
@@ -198,18 +198,24 @@ def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, s
     import torch
     from conftest import quick
     from safetensors.torch import load_file
+    from test_train_many import lane_threads
 
     from adapters_kit.adapters.store import WEIGHTS
     from adapters_kit.jobs.runner import GroupJob, run_group
+    from adapters_kit.server.config import ServeConfig, ServeConfigError
 
-    cfg = quick(tiny_distilbert, dropout=0.0, precision="fp32", epochs=1)
+    with pytest.raises(ServeConfigError, match="job_lanes 2 exceeds job_threads 1"):
+        ServeConfig(store=tmp_path, job_lanes=2)
+    cfg = quick(tiny_distilbert, dropout=0.0, precision="fp32", epochs=1, threads=2)
     outs, seen = {}, []
     for lanes in (1, 2):
+        stepping = lane_threads(monkeypatch)
         jobs = [GroupJob(f"job_{s.name}", s, tmp_path / str(lanes) / s.name, cfg)
                 for s in (sentiment_task, topic_task)]
         outs[lanes] = run_group(jobs, lambda job, e: seen.append((threading.get_ident(), job)),
                                 lanes=lanes)
         assert outs[lanes] == {j.id: j.out_dir for j in jobs}
+        assert len(stepping) == lanes  # the lanes asked for took the steps
     assert {who for who, _ in seen} == {threading.get_ident()}
     assert {job for _, job in seen} == {"job_tiny_sentiment", "job_tiny_topic"}
     for job, path in outs[2].items():

@@ -189,26 +189,44 @@ def test_every_task_model_uses_the_one_shared_base_weights(tiny_backbone):
         assert not own, f"task {i} holds its own copy of {len(own)} base weights: {own[:3]}"
 
 
+def lane_threads(monkeypatch) -> set[str]:
+    """The names of the threads that take train_many's steps, as they run."""
+    import threading
+
+    from adapters_kit.training import many
+
+    names, step = set(), many._step
+
+    def spied(*args, **kwargs):
+        names.add(threading.current_thread().name)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(many, "_step", spied)
+    return names
+
+
 def test_lanes_give_each_task_the_adapter_it_gets_alone(tiny_distilbert, sentiment_task,
-                                                        topic_task, ner_task, tmp_path):  # noqa: F811
+                                                        topic_task, ner_task, tmp_path,  # noqa: F811
+                                                        monkeypatch):
     """Tasks split between lanes (threads, side by side) still train each its own adapter:
     without dropout the one it gets alone; every progress event reaches the caller's thread."""
     import threading
 
-    def cfg(**kw):
-        return quick(tiny_distilbert, dropout=0.0, precision="fp32", **kw)
+    def cfg(**kw):  # 2 threads: one for each lane
+        return quick(tiny_distilbert, dropout=0.0, precision="fp32", threads=2, **kw)
 
     configs = {"tiny_sentiment": cfg(epochs=3), "tiny_topic": cfg(epochs=2, learning_rate=3e-3),
                "tiny_ner": cfg(epochs=1)}
     specs = {"tiny_sentiment": sentiment_task, "tiny_topic": topic_task, "tiny_ner": ner_task}
-    threads_before = torch.get_num_threads()
+    stepping = lane_threads(monkeypatch)
     seen = []
     many = train_many([TrainJob(specs[n], tmp_path / "many" / n, configs[n]) for n in specs],
                       lanes=2, on_progress=lambda e: seen.append((threading.get_ident(), e)))
     assert list(many) == list(specs)
+    assert stepping == {"train_many-lane-0", "train_many-lane-1"}
     assert {who for who, _ in seen} == {threading.get_ident()}
     assert {e["task"] for _, e in seen if e["event"] == "done"} == set(specs)
-    assert torch.get_num_threads() == threads_before  # the lanes' share of the threads undone
+    assert torch.get_num_threads() == 2  # the run's threads, not a lane's share
     for name, spec in specs.items():
         solo = train(spec, tmp_path / "solo" / name, configs[name])
         _same(solo.path, many[name].path, atol=2e-5)
@@ -218,7 +236,7 @@ def test_lanes_give_each_task_the_adapter_it_gets_alone(tiny_distilbert, sentime
 def test_lanes_stop_together_resume_and_refuse_a_bad_count(tiny_distilbert, sentiment_task,
                                                            topic_task, tmp_path):
     cfg = quick(tiny_distilbert, epochs=2, evals_per_epoch=3, patience=100, dropout=0.0,
-                precision="fp32")
+                precision="fp32", threads=2)
     specs = [sentiment_task, topic_task]
     with pytest.raises(ConfigError, match=r"lanes=0: give a whole number of lanes"):
         train_many([TrainJob(s, tmp_path / "x" / s.name, cfg) for s in specs], lanes=0)
@@ -243,13 +261,15 @@ def test_lanes_stop_together_resume_and_refuse_a_bad_count(tiny_distilbert, sent
         train_many([TrainJob(s, tmp_path / "failing" / s.name, cfg) for s in specs], lanes=2,
                    on_progress=fail_on_first_eval)
     assert not any((tmp_path / "failing" / s.name).exists() for s in specs)
+    assert torch.get_num_threads() == 2  # restored, though the last events raised again
 
 
 def test_a_lane_that_fails_stops_the_others_and_its_error_reaches_the_caller(
         tiny_distilbert, sentiment_task, topic_task, tmp_path):
     # a real fault on a lane's thread: the sentiment task's checkpoint folder cannot be made
     # (a file stands where its parent folder would be), so its first checkpoint raises there
-    cfg = quick(tiny_distilbert, epochs=3, evals_per_epoch=3, patience=100, dropout=0.0)
+    cfg = quick(tiny_distilbert, epochs=3, evals_per_epoch=3, patience=100, dropout=0.0,
+                threads=2)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / ".checkpoints").write_text("not a folder")
     jobs = [TrainJob(sentiment_task, tmp_path / "a" / "tiny_sentiment", cfg),
@@ -259,6 +279,6 @@ def test_a_lane_that_fails_stops_the_others_and_its_error_reaches_the_caller(
         train_many(jobs, lanes=2,
                    on_progress=lambda e: evals.append(e["task"]) if e["event"] == "eval" else None)
     assert not (tmp_path / "a" / "tiny_sentiment").exists()
-    # the other lane stopped after its step (its 9 evaluations were far from done), unsaved
+    # the other lane stopped after its step (of its 12 evaluations, far fewer done), unsaved
     assert evals.count("tiny_topic") < 9
     assert not (tmp_path / "b" / "tiny_topic").exists()

@@ -136,7 +136,14 @@ def atomic_directory(target: Path, overwrite: bool = False, keep_modes: bool = F
         raise FileExistsError(
             f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target.name), dir=target.parent))
+    for attempt in range(3):
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target.name), dir=target.parent))
+            break
+        except FileNotFoundError:  # another writer removed the (then empty) parent just now
+            if attempt == 2:
+                raise
+            target.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(tmp, 0o755)
     try:
         yield tmp

@@ -211,13 +211,20 @@ def _progress_view(state: dict, now: float, event: str | None) -> dict:
     return out
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m adapters_kit.jobs.worker",
                                  description="train the queued jobs of a store")
     ap.add_argument("--store", required=True, help="the store's folder or URL")
     ap.add_argument("--jobs-dir", type=Path, help="the jobs folder (default: the store's)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lanes", type=int, default=1, help="train_many lanes (default 1)")
+    ap.add_argument("--threads", type=_positive, default=1)
+    ap.add_argument("--lanes", type=_positive, default=1,
+                    help="train_many lanes, at most one per thread (default 1)")
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--max-rows", type=int, default=20_000)
     ap.add_argument("--max-tasks", type=int, default=8)

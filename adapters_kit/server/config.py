@@ -172,6 +172,10 @@ class ServeConfig:
                 continue
             if value < 0 or (value == 0 and f.name not in _ZERO_MEANS):
                 problems.append(f"{f.name} must be > 0, got {value}")
+        if self.job_lanes > self.job_threads:
+            problems.append(f"job_lanes {self.job_lanes} exceeds job_threads {self.job_threads}: "
+                            "each lane trains on a thread of its own; raise job_threads or "
+                            "lower job_lanes")
         if self.max_inputs > self.queue_inputs:
             problems.append(f"max_inputs {self.max_inputs} exceeds queue_inputs "
                             f"{self.queue_inputs}: such a request could never be queued")

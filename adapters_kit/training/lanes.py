@@ -16,6 +16,7 @@ a database connection or a terminal needs no lock.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = ["Relay", "run_lanes", "split"]
+
+log = logging.getLogger("adapters_kit.training")
 
 
 def split(costs: Sequence[float], lanes: int) -> list[list[int]]:
@@ -54,14 +57,22 @@ class Relay:
         else:
             self.waiting.put(event)
 
-    def pump(self, timeout: float | None = None) -> None:
-        """Deliver the queued events: wait up to `timeout` seconds for the first, if given."""
+    def pump(self, timeout: float | None = None, quiet: bool = False) -> None:
+        """Deliver the queued events: wait up to `timeout` seconds for the first, if given.
+        `quiet`: an error the callback raises is logged, not raised (the run is ending on
+        another error already, which must not be replaced)."""
         try:
             event = self.waiting.get(timeout=timeout) if timeout else self.waiting.get_nowait()
         except queue.Empty:
             return
         while True:
-            self.on_progress(event)
+            try:
+                self.on_progress(event)
+            except Exception:
+                if not quiet:
+                    raise
+                log.debug("progress callback failed on %s while the run stopped", event,
+                          exc_info=True)
             try:
                 event = self.waiting.get_nowait()
             except queue.Empty:
@@ -80,7 +91,9 @@ def run_lanes(groups: Sequence[list], work: Callable[[list, threading.Event], No
     def lane(group: list) -> None:
         try:
             work(group, halt)
-        except BaseException as e:  # raised again on the caller's thread
+        except BaseException as e:  # the first is raised again on the caller's thread
+            if errors:
+                log.error("a second train_many lane failed too", exc_info=True)
             errors.append(e)
             halt.set()
 
@@ -88,18 +101,22 @@ def run_lanes(groups: Sequence[list], work: Callable[[list, threading.Event], No
     torch.set_num_threads(threads_per_lane)  # a new thread takes the count set before it starts
     threads = [threading.Thread(target=lane, args=(g,), name=f"train_many-lane-{k}", daemon=True)
                for k, g in enumerate(groups)]
+    failing = True
     try:
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
             relay.pump(timeout=0.1)
-    except BaseException:  # Ctrl-C here: let every lane finish its step, then stop
+        failing = bool(errors)
+    except BaseException:  # the callback raised, or Ctrl-C: every lane ends its step, then stops
         halt.set()
         for t in threads:
             t.join()
         raise
     finally:
-        relay.pump()
-        torch.set_num_threads(previous)
+        try:
+            relay.pump(quiet=failing)  # the last events; on failure they cannot hide its error
+        finally:
+            torch.set_num_threads(previous)
     if errors:
         raise errors[0]

@@ -100,9 +100,10 @@ def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] 
     stopped task's own error, naming its checkpoint); the same call again resumes them.
 
     `lanes` > 1 splits the tasks into that many groups of about equal work, trained side by
-    side in threads that divide the torch threads between them (module `lanes`): faster on a
-    CPU whose cores one task's batch does not fill. With dropout on, such a run is not
-    repeatable bit for bit (the lanes share torch's one random generator).
+    side in threads that divide the torch threads between them (module `lanes`; at most one
+    lane per torch thread and per task): faster on a CPU whose cores one task's batch does
+    not fill. With dropout on, such a run is not repeatable bit for bit (the lanes share
+    torch's one random generator).
     """
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
         raise ConfigError(f"lanes={lanes!r}: give a whole number of lanes, at least 1 (1 trains "
@@ -156,7 +157,7 @@ def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] 
         _train(group, shared, backbone.arch, tick, results, stopped, stop_after_step, halt)
 
     try:
-        lanes = min(lanes, len(members))
+        lanes = min(lanes, len(members), torch.get_num_threads())  # each lane a thread of its own
         if lanes == 1:
             work(members)
         else:
