@@ -413,16 +413,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _thread_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count; give 1 or more")
-    return int(text)
+def _count(what: str):
+    """An argparse type: a whole number of 1 or more, named `what` in its error."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; give 1 or more")
+        return int(text)
+    return parse
 
 
-def _lane_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes; give 1 or more")
-    return int(text)
+_thread_count = _count("a thread count")
 
 
 class _UsageError(Exception):
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_thread_count)
-    p.add_argument("--lanes", type=_lane_count, default=1,
+    p.add_argument("--lanes", type=_count("a number of lanes"), default=1,
                    help="train the tasks in this many groups side by side, the torch threads "
                    "divided between them, at most one lane per thread (default 1; more can be "
                    "faster on a CPU whose cores one task's batch leaves idle; with dropout on, "

@@ -264,6 +264,8 @@ def main() -> None:
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     dropout = None if args.keep_dropout else args.dropout
+    if args.noise_floor and args.threads < 2:
+        p.error("--noise-floor compares --threads T with 1 thread; give --threads 2 or more")
     if args.gemm:
         gemm_probe(args.threads)
         return
@@ -306,14 +308,19 @@ def main() -> None:
         report(arms, scale, dropout, args.threads, args.lanes)
 
 
+def _drops(first: dict, second: dict) -> dict[str, float]:
+    """Each task's dev metric in `first` minus in `second`, in points."""
+    return {name: round(100 * (value - second["metrics"][name]), 2)
+            for name, value in first["metrics"].items()}
+
+
 def noise_report(arms: dict, scale: float, dropout) -> None:
     """How far the solo runs' dev metrics move between two thread counts: the same rows, steps
     and seeds, only the matrix products' rounding differs (as it does in a merged pass)."""
     (a_name, a), (b_name, b) = arms.items()
     print(f"\n{'task':<22} {a_name:>24} {b_name:>24} {'difference':>11}")
-    diffs = {}
+    diffs = _drops(a, b)
     for task, value in a["metrics"].items():
-        diffs[task] = round(100 * (value - b["metrics"][task]), 2)
         print(f"{task:<22} {value:>24.4f} {b['metrics'][task]:>24.4f} {diffs[task]:>11.2f}")
     worst = max(abs(d) for d in diffs.values())
     print(f"\nthe same solo runs on two thread counts: worst dev-metric difference {worst:.2f} "
@@ -361,10 +368,9 @@ def _warm(cards: list[dict]) -> None:
 def report(arms: dict, scale: float, dropout, threads: int = 1, lanes: int = 1) -> None:
     tog, seq = arms["together"], arms["sequential"]
     print(f"\n{'task':<22} {'rows':>5} {'steps':>5} {'metric':<9} {'alone':>7} {'together':>8} {'drop':>6}")
-    drops = {}
+    drops = _drops(seq, tog)
     for name, alone in seq["metrics"].items():
         together = tog["metrics"][name]
-        drops[name] = round(100 * (alone - together), 2)
         print(f"{name:<22} {seq['train_rows'][name]:>5} {seq['steps'][name]:>5} "
               f"{seq['metric_names'][name]:<9} {alone:>7.4f} {together:>8.4f} {drops[name]:>6.2f}")
     print("\nwhere the time goes (seconds; evaluation is inside evaluate+checkpoint, the "

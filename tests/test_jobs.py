@@ -195,12 +195,9 @@ def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, s
     lane gives (no dropout, fp32), and every job's progress reaches the worker's thread."""
     import threading
 
-    import torch
     from conftest import quick
-    from safetensors.torch import load_file
-    from test_train_many import lane_threads
+    from test_train_many import _same, lane_threads
 
-    from adapters_kit.adapters.store import WEIGHTS
     from adapters_kit.jobs.runner import GroupJob, run_group
     from adapters_kit.server.config import ServeConfig, ServeConfigError
 
@@ -219,10 +216,7 @@ def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, s
     assert {who for who, _ in seen} == {threading.get_ident()}
     assert {job for _, job in seen} == {"job_tiny_sentiment", "job_tiny_topic"}
     for job, path in outs[2].items():
-        one, two = load_file(str(outs[1][job] / WEIGHTS)), load_file(str(path / WEIGHTS))
-        assert sorted(one) == sorted(two)
-        for k in one:
-            torch.testing.assert_close(two[k], one[k], rtol=0, atol=2e-5, msg=k)
+        _same(outs[1][job], path, atol=2e-5)
 
 
 # -- cancel ------------------------------------------------------------------------------------

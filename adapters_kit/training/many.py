@@ -153,17 +153,17 @@ def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] 
         with ticks:
             bar.update(n)
 
-    def work(group: list[_Member], halt: threading.Event | None = None) -> None:
+    def work(group: list[_Member], halt: threading.Event) -> None:
         _train(group, shared, backbone.arch, tick, results, stopped, stop_after_step, halt)
 
     try:
         lanes = min(lanes, len(members), torch.get_num_threads())  # each lane a thread of its own
         if lanes == 1:
-            work(members)
+            work(members, threading.Event())
         else:
             costs = [_cost(m) for m in members]
             groups = [[members[i] for i in g] for g in split(costs, lanes)]
-            run_lanes(groups, work, relay, max(1, torch.get_num_threads() // lanes))
+            run_lanes(groups, work, relay, torch.get_num_threads() // lanes)
     finally:
         bar.close()
     if stopped:
@@ -173,10 +173,10 @@ def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] 
 
 def _train(members: list[_Member], shared: SharedEncoder, arch: str, tick: Callable[[int], None],
            results: dict[str, TrainResult], stopped: dict[str, TrainingInterrupted],
-           stop_after_step: int | None, halt: threading.Event | None = None) -> None:
+           stop_after_step: int | None, halt: threading.Event) -> None:
     """Step `members` together until each is done (or stopped, or `halt` is set)."""
     active = list(members)
-    while active and not (halt is not None and halt.is_set()):
+    while active and not halt.is_set():
         ready = []
         for m in active:
             m.batch = next(m.batches, None)
