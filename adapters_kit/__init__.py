@@ -58,4 +58,4 @@ __all__ = [
     "train",
     "train_many",
 ]
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402, F401 (the package version)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from .errors import AdaptersKitError, TrainingInterrupted
-from .kinds.quality import QualityWarning
+from .training.quality import QualityWarning
 
 
 def _print_json(obj: dict) -> None:
@@ -239,7 +239,7 @@ def _model_for(adapter_dir: str, args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.evaluation import evaluate_adapter
+    from .evaluation import evaluate_adapter
 
     started = time.perf_counter()
     model, _, files = _model_for(args.adapter_dir, args)

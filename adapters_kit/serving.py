@@ -16,8 +16,8 @@ Ray Serve: N engine replicas, requests routed by task with model multiplexing.
 from .adapters.merge import merge_adapter
 from .adapters.store import AdapterStore
 from .engine.cache import AdapterCache, CacheStats
-from .engine.evaluation import evaluate_adapter
 from .engine.model import MultiTaskModel, ResidentTask
+from .evaluation import evaluate_adapter
 
 __all__ = ["AdapterCache", "AdapterStore", "CacheStats", "MultiTaskModel", "ResidentTask",
            "evaluate_adapter", "merge_adapter"]  # and, lazily, ray_application and serve_ray

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from adapters_kit import TrainConfig, get_task, train
-from adapters_kit.engine.evaluation import evaluate_adapter
+from adapters_kit.evaluation import evaluate_adapter
 
 
 def parser(doc: str) -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from _common import emit, require_shared
 from _train_eval import parser
 
 from adapters_kit import TrainConfig, get_task, train
-from adapters_kit.kinds.quality import QualityWarning
+from adapters_kit.training.quality import QualityWarning
 
 
 def main() -> None:

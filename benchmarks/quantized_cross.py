@@ -16,7 +16,7 @@ from pathlib import Path
 from _common import emit
 
 from adapters_kit import MultiTaskModel
-from adapters_kit.engine.evaluation import evaluate_adapter
+from adapters_kit.evaluation import evaluate_adapter
 
 BASES = {"fp32": None, "8bit": "8bit", "4bit": "4bit"}
 

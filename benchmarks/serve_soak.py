@@ -106,7 +106,7 @@ def random_token_adapters(backbone, root: Path, kind: str, names: list[str]) -> 
 
     from adapters_kit import TaskSpec
     from adapters_kit.adapters.store import save_adapter
-    from adapters_kit.kinds import kind_of
+    from adapters_kit.tasks.kinds import kind_of
     from adapters_kit.training import lora_config
 
     impl = kind_of(kind)

@@ -156,10 +156,10 @@ def run_arm(arm: str, cards: list[dict], out: Path, dropout: float | None, threa
     import warnings
 
     from adapters_kit import Backbone, TaskSpec, TrainConfig, TrainJob, train, train_many
-    from adapters_kit.kinds.quality import QualityWarning
     from adapters_kit.training import loop, many, save
     from adapters_kit.training.evaluate import DevEvaluator
     from adapters_kit.training.fit import Fit
+    from adapters_kit.training.quality import QualityWarning
 
     warnings.simplefilter("ignore", QualityWarning)
     if pass_tokens:

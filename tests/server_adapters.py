@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, sentiment_rows, write_tsv
+from helpers import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, sentiment_rows, write_tsv
 from test_ner_qa import ner_rows, squad_json
 
 from adapters_kit import MultiTaskModel, TaskSpec, train

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny
+from helpers import make_tiny
 
 from adapters_kit import Backbone, BackboneError
 from adapters_kit.backbones import fingerprint, target_modules

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import quick
+from helpers import quick
 
 from adapters_kit import AdapterStore, MultiTaskModel, train
 from adapters_kit.adapters.merge import merge_adapter

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import quick, sentiment_rows, write_tsv
+from helpers import quick, sentiment_rows, write_tsv
 
 from adapters_kit import TaskError, TaskSpec, train
-from adapters_kit.kinds import get_kind
-from adapters_kit.kinds.quality import QualityWarning, quality_warnings
+from adapters_kit.tasks.kinds import get_kind
+from adapters_kit.training.quality import QualityWarning, quality_warnings
 
 
 # The kinds own weights, losses and reports; these read them as a user's code would.
@@ -105,7 +105,7 @@ def test_balanced_training_saves_its_weights_and_changes_the_adapter(tiny_distil
 
 def test_report_matches_the_saved_adapter_and_the_png_is_saved(tiny_distilbert, skewed_task, tmp_path):
     from adapters_kit import MultiTaskModel
-    from adapters_kit.data import load_splits
+    from adapters_kit.tasks.reading import load_splits
 
     r = train(skewed_task, tmp_path / "a", quick(tiny_distilbert))
     meta = json.loads((r.path / "task.json").read_text())

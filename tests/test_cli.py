@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import sentiment_rows, write_tsv
+from helpers import sentiment_rows, write_tsv
 
 CLI = [sys.executable, "-m", "adapters_kit.cli"]
 
@@ -119,8 +119,8 @@ def test_train_json_progress_and_eval_baseline_on_a_file(tiny_distilbert, tmp_pa
     assert "TF-IDF baseline" in text and "confusion" in text and "precision" in text
     # the baseline is trained on the task's train split: the same figures as computing it here
     from adapters_kit import TaskSpec
-    from adapters_kit.data import load_eval_split, load_splits
-    from adapters_kit.kinds import kind_of
+    from adapters_kit.tasks.kinds import kind_of
+    from adapters_kit.tasks.reading import load_eval_split, load_splits
 
     spec = TaskSpec.from_dict({k: v for k, v in json.loads((out / "task.json").read_text())["task"]
                                .items() if k != "source"})

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_tsv
+from helpers import write_tsv
 
 from adapters_kit import DataError, TaskSpec
-from adapters_kit.data import length_grouped_batches, load_splits
+from adapters_kit.tasks.reading import length_grouped_batches, load_splits
 
 
 def spec(tmp_path, **kw) -> TaskSpec:

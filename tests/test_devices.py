@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import quick, sentiment_rows, write_tsv
+from helpers import quick, sentiment_rows, write_tsv
 
 from adapters_kit import DeviceError, MultiTaskModel, TrainConfig, train
 from adapters_kit.devices import (

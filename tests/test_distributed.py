@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quick, sentiment_rows, write_tsv
+from helpers import quick, sentiment_rows, write_tsv
 from safetensors.torch import load_file
 
 from adapters_kit import train

@@ -93,7 +93,7 @@ def test_shared_data_cards_read_their_files(task):
     from pathlib import Path
 
     from adapters_kit import get_task
-    from adapters_kit.data import load_splits
+    from adapters_kit.tasks.reading import load_splits
 
     spec = get_task(task)
     if not Path(spec.train).exists():

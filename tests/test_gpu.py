@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import quick
+from helpers import quick
 
 from adapters_kit import Backbone, MultiTaskModel, TrainConfig, train
 from adapters_kit.devices import cuda_bf16

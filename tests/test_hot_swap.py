@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import torch
-from conftest import quick
+from helpers import quick
 
 from adapters_kit import MultiTaskModel, train
 

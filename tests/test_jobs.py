@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from conftest import ROOT, sentiment_rows  # noqa: E402
+from helpers import ROOT, sentiment_rows  # noqa: E402
 from test_server import assert_same_outputs, free_port, running  # noqa: E402
 
 from adapters_kit import MultiTaskModel, read_adapter  # noqa: E402
@@ -195,7 +195,7 @@ def test_the_workers_runner_trains_a_group_in_lanes_as_in_one(tiny_distilbert, s
     lane gives (no dropout, fp32), and every job's progress reaches the worker's thread."""
     import threading
 
-    from conftest import quick
+    from helpers import quick
     from test_train_many import _same, lane_threads
 
     from adapters_kit.jobs.runner import GroupJob, run_group

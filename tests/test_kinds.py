@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write_tsv
+from helpers import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write_tsv
 
 from adapters_kit import DataError, MultiTaskModel, TaskSpec, train
 
@@ -26,7 +26,7 @@ def test_albert_token_types_are_built_as_its_tokenizer_builds_them(tiny_albert):
     from transformers import AutoTokenizer
 
     from adapters_kit.backbones.encoder import model_inputs
-    from adapters_kit.data import collate
+    from adapters_kit.tasks.reading import collate
 
     tok = AutoTokenizer.from_pretrained(tiny_albert)
     rows = [("the film", "was great lovely"), ("a plot was dull", "music")]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick
+from helpers import quick
 from safetensors.torch import load_file
 
 from adapters_kit import AdapterFileError, MultiTaskModel, TrainConfig, TrainJob, train, train_many
@@ -35,7 +35,7 @@ def _peft_logits(path, texts=TEXTS):
 def variants(tiny_distilbert, tmp_path_factory):
     """Adapters of one task: plain, rsLoRA, LoRA+ and DoRA (rank 4, alpha 16; DoRA with the
     classifier trained whole, see the next test but one)."""
-    from conftest import sentiment_rows, write_tsv
+    from helpers import sentiment_rows, write_tsv
 
     from adapters_kit import TaskSpec
 

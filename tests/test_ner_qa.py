@@ -8,14 +8,14 @@ import warnings
 
 import pytest
 import torch
-from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick
+from helpers import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick
 
 from adapters_kit import MultiTaskModel, TaskSpec, train
 from adapters_kit.errors import DataError, DataWarning
-from adapters_kit.kinds import kind_of
-from adapters_kit.kinds.spans import best_span
-from adapters_kit.kinds.squad_eval import exact_match, f1, normalize_answer, squad_scores
-from adapters_kit.kinds.tokens import entities
+from adapters_kit.tasks.kinds import kind_of
+from adapters_kit.tasks.kinds.spans import best_span
+from adapters_kit.tasks.kinds.squad_eval import exact_match, f1, normalize_answer, squad_scores
+from adapters_kit.tasks.kinds.tokens import entities
 
 ALL_WORDS = WORDS_FILL + WORDS_POS + WORDS_NEG + WORDS_TOPIC
 
@@ -149,7 +149,7 @@ def test_first_word_piece_carries_the_tag():
 
     tok = Backbone.resolve("embedded-distilbert").tokenizer()
     spec = TaskSpec(name="n", kind="token-classification", labels=["O", "B-PER", "I-PER"])
-    from adapters_kit.kinds.tokens import TokenSplit
+    from adapters_kit.tasks.kinds.tokens import TokenSplit
 
     split = TokenSplit([["Schwarzenegger", "runs"]], [["B-PER", "O"]], [[1, 2]], "mem")
     feats = kind_of(spec).featurize(spec, tok, split)
@@ -257,7 +257,7 @@ def test_serving_answers_per_kind_and_refuses_empty_inputs(three_kinds):
 
 
 def test_ner_and_qa_adapters_evaluate_with_their_metrics(three_kinds):
-    from adapters_kit.engine.evaluation import evaluate_adapter
+    from adapters_kit.evaluation import evaluate_adapter
 
     backbone, paths = three_kinds
     ner = evaluate_adapter(paths["tiny_ner"])["metrics"]
@@ -284,7 +284,7 @@ def test_ner_and_qa_adapters_evaluate_with_their_metrics(three_kinds):
 
 
 def test_conll_and_squad_cards_read_the_shared_data():
-    from conftest import needs_shared
+    from helpers import needs_shared
 
     from adapters_kit import get_task
 
@@ -303,7 +303,7 @@ def test_conll_and_squad_cards_read_the_shared_data():
 @pytest.mark.slow
 def test_embedded_backbone_learns_conll_entities(tmp_path):
     """A short real run: 1,500 CoNLL sentences, one epoch, scored on the validation set."""
-    from conftest import needs_shared
+    from helpers import needs_shared
 
     from adapters_kit import TrainConfig, get_task
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, needs_shared, quick
+from helpers import ROOT, needs_shared, quick
 
 from adapters_kit import MultiTaskModel, train
 from adapters_kit.backbones import Backbone
@@ -57,7 +57,7 @@ def peft_on(path, mode: str | None):
 @pytest.fixture(scope="module")
 def qlora(tiny_distilbert, tmp_path_factory):
     """Per mode: a sentiment and a topic adapter trained on that quantized base."""
-    from conftest import sentiment_rows, write_tsv
+    from helpers import sentiment_rows, write_tsv
 
     from adapters_kit import TaskSpec
 
@@ -69,7 +69,7 @@ def qlora(tiny_distilbert, tmp_path_factory):
                          max_length=32, rank=4, targets="all-linear")
     import random
 
-    from conftest import WORDS_FILL, WORDS_TOPIC
+    from helpers import WORDS_FILL, WORDS_TOPIC
 
     rng = random.Random(3)
     rows = [(f"{rng.choice(WORDS_FILL)} {t} {rng.choice(WORDS_TOPIC)}", t)
@@ -105,7 +105,7 @@ def test_qlora_trains_well_above_chance_and_records_the_unquantized_base(qlora, 
 def test_plain_peft_on_the_quantized_base_reproduces_the_training_score(qlora, mode):
     """Plain peft loads a QLoRA adapter onto the same quantized base and gives the outputs the
     run scored: its dev accuracy, recomputed the way training evaluates, is the one recorded."""
-    from adapters_kit.kinds import kind_of
+    from adapters_kit.tasks.kinds import kind_of
     from adapters_kit.training.evaluate import predict_outputs
 
     result = qlora[mode]["tiny_sentiment"]

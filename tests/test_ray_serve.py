@@ -19,7 +19,7 @@ serve = pytest.importorskip("ray.serve", reason='Ray Serve is not installed: pip
                             '"adapters-kit[ray]"')
 httpx = pytest.importorskip("httpx")
 
-from conftest import quick  # noqa: E402
+from helpers import quick  # noqa: E402
 from server_adapters import _specs  # noqa: E402
 from test_server import (  # noqa: E402, F401 (fixtures)
     ACME_KEY,

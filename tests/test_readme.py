@@ -6,7 +6,7 @@ import ast
 import re
 from dataclasses import MISSING, fields
 
-from conftest import ROOT
+from helpers import ROOT
 
 from adapters_kit import TaskSpec, TrainConfig
 

@@ -66,7 +66,7 @@ def versions(tmp_path_factory, tiny_distilbert) -> dict[str, Path]:
            "b1": make_adapter(tiny_distilbert, root, "beta", 3),
            "c1": make_adapter(tiny_distilbert, root, "gamma", 4)}
     other = str(Path(tiny_distilbert).parent / "other-base")
-    from conftest import make_tiny
+    from helpers import make_tiny
 
     make_tiny(Path(other), "distilbert", seed=9)
     out["foreign"] = make_adapter(other, root, "alpha", 5)
@@ -338,7 +338,7 @@ def test_server_serves_from_s3_and_swaps_while_serving(s3, versions, tiny_distil
 
 
 def test_train_out_url_publishes_to_the_store(s3, tiny_distilbert, tmp_path, capsys):
-    from conftest import sentiment_rows, write_tsv
+    from helpers import sentiment_rows, write_tsv
 
     from adapters_kit import cli
 
@@ -381,7 +381,7 @@ def test_jobs_on_a_remote_store_train_locally_and_publish_to_s3(s3, tiny_distilb
     """A server whose store is an S3 URL takes jobs: the table, upload and work live in a local
     jobs folder; the trained adapter is published as a version behind the pointer, and served."""
     import httpx
-    from conftest import sentiment_rows
+    from helpers import sentiment_rows
     from test_jobs import ACME, SETTINGS, auth, csv_text, submit, wait_job, write_keys
     from test_server import assert_same_outputs, running
 

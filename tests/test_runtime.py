@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick
+from helpers import quick
 
 from adapters_kit import MultiTaskModel, train
 

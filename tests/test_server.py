@@ -29,7 +29,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import ROOT, WORDS_FILL, WORDS_TOPIC  # noqa: E402, I001
+from helpers import ROOT, WORDS_FILL, WORDS_TOPIC  # noqa: E402, I001
 from server_adapters import BAD, GOOD, _rewrite_task_json, _specs  # noqa: E402, F401
 
 from adapters_kit import MultiTaskModel, read_adapter  # noqa: E402

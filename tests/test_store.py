@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_tiny, quick
+from helpers import make_tiny, quick
 
 from adapters_kit import AdapterFileError, MultiTaskModel, read_adapter, train
-from adapters_kit.adapters.fsutil import atomic_directory
 from adapters_kit.adapters.store import WEIGHTS, write_checksums
+from adapters_kit.files import atomic_directory
 
 
 @pytest.fixture()
@@ -74,7 +74,7 @@ def test_truncated_safetensors(adapter, tiny_distilbert, tmp_path):
     data = (bad / WEIGHTS).read_bytes()
     (bad / WEIGHTS).write_bytes(data[: len(data) // 2])
     sums = json.loads((bad / "checksums.json").read_text())  # even with a matching checksum
-    from adapters_kit.adapters.fsutil import sha256_file
+    from adapters_kit.files import sha256_file
 
     sums[WEIGHTS] = sha256_file(bad / WEIGHTS)
     (bad / "checksums.json").write_text(json.dumps(sums))
@@ -176,7 +176,7 @@ def test_overwrite_never_leaves_the_directory_missing_for_a_reader(tmp_path):
     takes the name in one exchange, so a reader sees v-old or v-new, never no directory."""
     import threading
 
-    from adapters_kit.adapters.fsutil import exchange
+    from adapters_kit.files import exchange
 
     probe_a, probe_b = tmp_path / "a", tmp_path / "b"
     probe_a.mkdir()

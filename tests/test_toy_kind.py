@@ -8,11 +8,11 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write_tsv
+from helpers import WORDS_FILL, WORDS_NEG, WORDS_POS, WORDS_TOPIC, quick, write_tsv
 from toy_kind import OrdinalKind
 
 from adapters_kit import MultiTaskModel, TaskError, TaskSpec, read_adapter, train
-from adapters_kit.kinds import get_kind, kind_names, register_kind
+from adapters_kit.tasks.kinds import get_kind, kind_names, register_kind
 
 WORDS_MID = WORDS_TOPIC  # neither positive nor negative
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import quick
+from helpers import quick
 from safetensors.torch import load_file
 
 from adapters_kit import AdaptersKitError, Backbone, TrainingError, TrainingInterrupted, train
@@ -90,8 +90,8 @@ def test_early_stopping_and_baseline(tiny_distilbert, sentiment_task, tmp_path):
 def test_the_saved_adapter_is_the_best_evaluation(tiny_distilbert, sentiment_task, tmp_path):
     """Best-checkpoint selection: the file holds the best dev state, and reproduces its score."""
     from adapters_kit import MultiTaskModel
-    from adapters_kit.data import load_splits
-    from adapters_kit.kinds import get_kind
+    from adapters_kit.tasks.kinds import get_kind
+    from adapters_kit.tasks.reading import load_splits
 
     r = train(sentiment_task, tmp_path / "a", quick(tiny_distilbert, epochs=6, evals_per_epoch=2,
                                                     patience=100, learning_rate=5e-2))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick
+from helpers import quick
 from safetensors.torch import load_file
 from test_ner_qa import ner_task  # noqa: F401 (a fixture)
 
@@ -134,7 +134,7 @@ def test_passes_group_batches_of_like_length_within_the_token_budget():
 
 
 def test_cli_train_many_writes_each_adapter_under_out(tiny_distilbert, tmp_path, capsys):
-    from conftest import sentiment_rows, write_tsv
+    from helpers import sentiment_rows, write_tsv
 
     from adapters_kit.cli import main
 

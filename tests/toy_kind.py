@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adapters_kit.kinds.sequence import SequenceKind, label_index
+from adapters_kit.tasks.kinds.sequence import SequenceKind, label_index
 
 
 class OrdinalKind(SequenceKind):

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from .fsutil import _TMP_PREFIX, atomic_directory, default_file_mode, recover_directory
+from ..files import _TMP_PREFIX, atomic_directory, default_file_mode, recover_directory
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..backbones import Backbone
 from ..devices import resolve_device
-from ..kinds import kind_of
-from .fsutil import atomic_directory
+from ..files import atomic_directory
+from ..tasks.kinds import kind_of
 from .store import check_against_base, read_adapter
 
 

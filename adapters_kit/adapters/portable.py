@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..backbones import EMBEDDED, HEAD_OUT, Backbone, base_dir
 from ..errors import AdapterFileError
-from ..kinds import kind_of
+from ..tasks.kinds import kind_of
 from . import meta
 from .store import CHECKSUMS, CONFIG, TASK, AdapterFiles, read_adapter
 
@@ -88,7 +88,7 @@ def save_adapter_files(files: AdapterFiles, location: str | os.PathLike, overwri
                        **store_options) -> str:
     """Write an adapter's verified files to a local directory or publish them at a store URL;
     returns where they are (the URL, or the directory)."""
-    from .fsutil import atomic_directory
+    from ..files import atomic_directory
     from .remote import RemoteStore, is_url, split_url
 
     source = files.path

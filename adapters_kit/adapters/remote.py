@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterFileError
+from ..files import atomic_write_bytes
 from . import meta
 from .blobcache import BlobCache
-from .fsutil import atomic_write_bytes
 from .store import CHECKSUMS, TASK, AdapterFiles, AdapterStore, read_adapter
 
 POINTER = "CURRENT"

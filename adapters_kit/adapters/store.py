@@ -28,10 +28,10 @@ import torch
 
 from ..backbones import OUTPUT_LAYERS
 from ..errors import AdapterFileError
-from ..kinds import kind_of
+from ..files import atomic_directory, recover_directory, sha256_file
 from ..tasks import TaskSpec
+from ..tasks.kinds import kind_of
 from . import meta as meta
-from .fsutil import atomic_directory, recover_directory, sha256_file
 from .meta import FORMAT_VERSION
 
 CONFIG = "adapter_config.json"

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..adapters.fsutil import atomic_directory, recover_directory
 from ..errors import BackboneError
+from ..files import atomic_directory, recover_directory
 
 CONVERSION_VERSION = 1
 EMBEDDED = {

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from .._quiet import quiet_transformers
-from ..adapters.fsutil import atomic_directory, recover_directory
 from ..errors import BackboneError
+from ..files import atomic_directory, recover_directory
 from .embedded import BASE_INFO, EMBEDDED, cache_root, embedded_dir
 
 DEFAULT_BACKBONE = "embedded-distilbert"

@@ -209,7 +209,7 @@ def train_key(settings: dict, spec_dict: dict, base_path: Path) -> str:
     for f in sorted(base_path.glob("*.safetensors")) + sorted(base_path.glob("*.json")):
         st = f.stat()
         base.append([f.name, st.st_size, st.st_mtime_ns])
-    from .. import __version__
+    from ..version import __version__
 
     src = [settings, spec_dict, data, str(base_path), base, __version__]
     return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()

@@ -8,8 +8,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters.fsutil import atomic_write_text
 from ..backbones.embedded import cache_root
+from ..files import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.fsutil import atomic_write_text, default_file_mode, sha256_file
 from ..adapters.store import CHECKSUMS, TASK, AdapterStore, read_adapter
 from ..backbones import Backbone
 from ..engine.memory import HeapTrimmer
 from ..engine.model import MultiTaskModel
 from ..errors import AdaptersKitError, ConfigError
-from ..kinds import kind_of
+from ..files import atomic_write_text, default_file_mode, sha256_file
 from ..tasks import TaskSpec, get_task
+from ..tasks.kinds import kind_of
 from ..training.loop import TrainConfig, train
 from . import grid, measure
 from .plot import compare_png

@@ -25,11 +25,11 @@ import torch
 from ..adapters.store import AdapterFiles, check_against_base, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder
 from ..backbones.quantize import Quantization
-from ..data import collate
 from ..devices import engine_precision, resolve_device
 from ..errors import AdapterFileError, DataError, UnknownTaskError
-from ..kinds import Kind, Row, kind_of
 from ..tasks import TaskSpec
+from ..tasks.kinds import Kind, Row, kind_of
+from ..tasks.reading import collate
 from .lora_bank import LoraBankLinear, Place, Router, rank_bucket, wrap
 from .quantized_bank import load_base, log, quantization_note
 

@@ -15,10 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
-from ..adapters.fsutil import atomic_directory, recover_directory
 from ..adapters.store import CHECKSUMS, read_adapter
 from ..engine.cache import AdapterCache
 from ..errors import AdapterFileError
+from ..files import atomic_directory, recover_directory
 
 
 def install(cache: AdapterCache, name: str, source: str | Path) -> str:

@@ -32,8 +32,8 @@ from ..devices import choice_note
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel
 from ..engine.watch import StoreWatcher
-from ..kinds import kind_of
 from ..tasks import SERVED_NAME_RULE, is_served_name
+from ..tasks.kinds import kind_of
 from . import admin
 from .batcher import Batcher
 from .config import ServeConfig

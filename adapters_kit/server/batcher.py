@@ -32,7 +32,7 @@ from ..engine.cache import AdapterCache
 from ..engine.memory import HeapTrimmer
 from ..engine.model import ResidentTask, plan_chunks
 from ..errors import AdapterFileError, DataError
-from ..kinds import Row
+from ..tasks.kinds import Row
 from .config import ServeConfig
 from .errors import ServeError, deadline_exceeded, unknown_task
 from .limits import input_chars

@@ -36,8 +36,8 @@ from fastapi.concurrency import run_in_threadpool
 from ..errors import AdaptersKitError, shown
 from ..jobs.layout import JobLayout
 from ..jobs.table import JobTable, new_job_id, public_view
-from ..kinds import DEFAULT_KIND
 from ..tasks import TASK_NAME_RULE, is_task_name
+from ..tasks.kinds import DEFAULT_KIND
 from .errors import ServeError
 from .tenants import Tenant
 
@@ -93,8 +93,8 @@ def check_upload(path: Path, shown_as: str, spec_fields: dict, overrides: dict,
     them; (spec dict, overrides, training rows) or ServeError 422 naming the problem."""
     from dataclasses import fields
 
-    from ..kinds import kind_of
     from ..tasks import TaskSpec
+    from ..tasks.kinds import kind_of
     from ..training.config import TrainConfig
 
     def hide(message: str) -> str:  # the server's paths are not the caller's business

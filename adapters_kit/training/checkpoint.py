@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.fsutil import atomic_directory
+from ..files import atomic_directory
 from .config import ResolvedConfig
 
 FORMAT = 2

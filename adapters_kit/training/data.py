@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..kinds import Features, Kind
 from ..tasks import TaskSpec
+from ..tasks.kinds import Features, Kind
 from .config import ResolvedConfig
 
 

@@ -7,8 +7,8 @@ import time
 import torch
 
 from ..backbones import encoder
-from ..data import collate
-from ..kinds import DEFAULT_KIND, Kind, kind_of
+from ..tasks.kinds import DEFAULT_KIND, Kind, kind_of
+from ..tasks.reading import collate
 from .data import TrainingData
 from .distributed import Processes
 

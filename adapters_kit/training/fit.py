@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from ..backbones import encoder
-from ..data import collate, length_grouped_batches
 from ..errors import TrainingInterrupted
-from ..kinds import Kind
+from ..tasks.kinds import Kind
+from ..tasks.reading import collate, length_grouped_batches
 from .checkpoint import Checkpoint
 from .config import ResolvedConfig
 from .data import TrainingData

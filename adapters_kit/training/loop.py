@@ -14,8 +14,8 @@ import torch
 from ..backbones import Backbone
 from ..backbones.quantize import Quantization
 from ..devices import autocast, grad_scaler
-from ..kinds import kind_of
 from ..tasks import TaskSpec, get_task
+from ..tasks.kinds import kind_of
 from .checkpoint import Checkpoint, run_key
 from .config import ResolvedConfig, TrainConfig
 from .data import load_data

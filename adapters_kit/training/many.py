@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
-from ..data import collate
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..tasks import TaskSpec
+from ..tasks.reading import collate
 from .config import TrainConfig
 from .distributed import Processes
 from .fit import Pace

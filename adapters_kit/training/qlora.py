@@ -7,7 +7,7 @@ import torch
 
 from ..backbones import Backbone
 from ..backbones.quantize import Quantization, require_bitsandbytes
-from ..kinds import Kind
+from ..tasks.kinds import Kind
 
 
 def quantized_base(kind: Kind, backbone: Backbone, num_outputs: int,

@@ -13,8 +13,7 @@ import torch
 from ..adapters.store import WEIGHTS, save_adapter
 from ..backbones import Backbone
 from ..backbones.quantize import Quantization
-from ..kinds import Kind
-from ..kinds.quality import QualityWarning, quality_warnings
+from ..tasks.kinds import Kind
 from .checkpoint import Checkpoint
 from .config import ResolvedConfig
 from .data import TrainingData
@@ -22,6 +21,7 @@ from .distributed import Processes
 from .evaluate import DevEvaluator
 from .fit import FitState
 from .plots import confusion_png, curves_png
+from .quality import QualityWarning, quality_warnings
 
 
 @dataclass

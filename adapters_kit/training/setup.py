@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..errors import TrainingError
-from ..kinds import DEFAULT_KIND, Kind, kind_of
+from ..tasks.kinds import DEFAULT_KIND, Kind, kind_of
 from .config import ResolvedConfig
 
 

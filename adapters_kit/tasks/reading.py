@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import codecs
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ._quiet import quiet_datasets
-from .errors import DataError
-from .tasks import SHARED, TaskSpec
+from .._quiet import quiet_datasets
+from ..errors import DataError
+
+if TYPE_CHECKING:
+    from .spec import TaskSpec
+
+SHARED = "{shared}"
+"""Prefix of a card's data path in the shared data folder (see `shared_data_dir`)."""
+
+
+def shared_data_dir() -> Path | None:
+    """`ADAPTERS_KIT_SHARED_DATA`, else `../shared/data` beside the project checkout; None in an
+    installed package without that variable (it has no checkout to sit beside)."""
+    env = os.environ.get("ADAPTERS_KIT_SHARED_DATA")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2]  # adapters_kit/tasks/reading.py
+    return checkout.parent / "shared" / "data" if (checkout / "pyproject.toml").is_file() else None
+
+
 
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
                   ".json": "jsonl", ".parquet": "parquet"}
@@ -176,9 +195,7 @@ def read_table(spec: TaskSpec, location: str, split: str = "train"):
 def _targets(spec: TaskSpec, raw: list, rows: list[int]) -> tuple[torch.Tensor, str | None]:
     """Model targets for the label column (the kind parses them), and the problem with it (None
     when every row fits)."""
-    from .kinds import kind_of
-
-    kind = kind_of(spec)
+    kind = spec.kind_impl
     result, bad = kind.parse_targets(spec, raw, rows)
     if not bad:
         return result, None

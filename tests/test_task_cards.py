@@ -1,5 +1,5 @@
-"""Issue 13: packaging, process-wide side effects, TaskSpec defaults, error types, name rules,
-server settings from the environment. Each test failed before its fix."""
+"""Task cards ship as package data, `{shared}` paths resolve, TaskSpec keeps what a card chose,
+and the name rules and kind names have one owner each."""
 
 from __future__ import annotations
 
@@ -12,44 +12,44 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, sentiment_rows, write_tsv
+import tomllib
+from helpers import ROOT
 
 import adapters_kit
 from adapters_kit import (
-    AdaptersKitError,
     DataError,
-    MultiTaskModel,
     TaskError,
     TaskSpec,
     load_card,
 )
 from adapters_kit import tasks as tasks_mod
-from adapters_kit.data import load_splits
+from adapters_kit.tasks import reading, registry
+from adapters_kit.tasks.reading import load_splits
 
-CARDS = sorted(p.stem for p in (ROOT / "adapters_kit" / "cards").glob("*.toml"))
+CARDS = sorted(p.stem for p in (ROOT / "adapters_kit" / "tasks" / "cards").glob("*.toml"))
 
-# -- 1. task cards are package data, `{shared}` resolution ------------------------------------------
+# -- task cards are package data, `{shared}` resolution ------------------------------------------
 
 
 def test_bundled_cards_are_package_data():
     cards = tasks_mod.bundled_cards_dir()
-    assert cards == Path(adapters_kit.__file__).resolve().parent / "cards"
+    assert cards == Path(adapters_kit.__file__).resolve().parent / "tasks" / "cards"
     assert {p.stem for p in cards.glob("*.toml")} >= {"sst2", "support_intent", "squad"}
-    package_data = tasks_mod.tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["adapters_kit"]
-    assert "cards/*.toml" in package_data and "cards/data/*.tsv" in package_data
+    assert "tasks/cards/*.toml" in package_data and "tasks/cards/data/*.tsv" in package_data
     assert Path(tasks_mod.get_task("support_intent").train).is_file()  # the demo data ships too
 
 
 def test_shared_resolves_from_the_variable_or_beside_the_checkout(monkeypatch, tmp_path):
     monkeypatch.delenv("ADAPTERS_KIT_SHARED_DATA", raising=False)
-    assert tasks_mod.shared_data_dir() == ROOT.parent / "shared" / "data"
+    assert reading.shared_data_dir() == ROOT.parent / "shared" / "data"
     monkeypatch.setenv("ADAPTERS_KIT_SHARED_DATA", str(tmp_path))
-    assert tasks_mod.shared_data_dir() == tmp_path
+    assert reading.shared_data_dir() == tmp_path
 
 
 def test_unknown_shared_folder_fails_with_what_to_set(monkeypatch, tmp_path):
-    monkeypatch.setattr(tasks_mod, "shared_data_dir", lambda: None)  # as in a wheel install
+    monkeypatch.setattr(registry, "shared_data_dir", lambda: None)  # as in a wheel install
     card = tmp_path / "c.toml"
     card.write_text('name = "c"\nlabels = ["a", "b"]\n[data]\ntrain = "{shared}/c/train.tsv"\n')
     spec = load_card(card)
@@ -93,7 +93,7 @@ def test_wheel_install_lists_the_bundled_cards(tmp_path):
     assert set(CARDS) <= set(listed), sorted(set(CARDS) - set(listed))
     assert Path(listed["support_intent"]["train"]).is_file()  # the demo data is installed too
     assert listed["sst2"]["train"].startswith("{shared}")  # no checkout to sit beside
-    code = ("from adapters_kit import get_task\nfrom adapters_kit.data import load_splits\n"
+    code = ("from adapters_kit import get_task\nfrom adapters_kit.tasks.reading import load_splits\n"
             "load_splits(get_task('sst2'))\n")
     fail = subprocess.run([py, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=600)
@@ -101,48 +101,7 @@ def test_wheel_install_lists_the_bundled_cards(tmp_path):
     assert "set ADAPTERS_KIT_SHARED_DATA" in fail.stderr, fail.stderr[-2000:]
 
 
-# -- 2. no process-wide side effects ---------------------------------------------------------------
-
-
-def test_plots_leave_the_matplotlib_backend_alone():
-    code = ("import matplotlib\nmatplotlib.use('svg')\n"
-            "from adapters_kit.training.plots import confusion_png, curves_png\n"
-            "png = curves_png([(1, 0.5), (2, 0.4)], [(2, 0.8)], 'accuracy', 't')\n"
-            "png2 = confusion_png([[3, 1], [0, 4]], ['a', 'b'], 't')\n"
-            "assert png.startswith(b'\\x89PNG') and png2.startswith(b'\\x89PNG')\n"
-            "print(matplotlib.get_backend())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "svg"
-
-
-def test_loading_leaves_transformers_and_datasets_settings_as_they_were(tiny_distilbert, tmp_path):
-    import datasets
-    from transformers.utils import logging as hf
-
-    from adapters_kit import Backbone
-
-    before = hf.get_verbosity(), hf.is_progress_bar_enabled(), datasets.is_progress_bar_enabled(), \
-        datasets.logging.get_verbosity()
-    hf.set_verbosity_info()
-    hf.enable_progress_bar()
-    datasets.enable_progress_bars()
-    try:
-        backbone = Backbone.resolve(tiny_distilbert)
-        backbone.tokenizer()
-        backbone.load_model(2)
-        train = write_tsv(tmp_path / "t.tsv", ["text", "label"], sentiment_rows(20))
-        load_splits(TaskSpec(name="s", labels=["neg", "pos"], train=str(train)))
-        assert hf.get_verbosity() == hf.INFO and hf.is_progress_bar_enabled()
-        assert datasets.is_progress_bar_enabled()
-        assert datasets.logging.get_verbosity() == before[3]
-    finally:
-        hf.set_verbosity(before[0])
-        (hf.enable_progress_bar if before[1] else hf.disable_progress_bar)()
-        (datasets.enable_progress_bars if before[2] else datasets.disable_progress_bars)()
-
-
-# -- 3. TaskSpec: unset means the kind's default; a value given is kept -------------------------------
+# -- TaskSpec: unset means the kind's default; a value given is kept -------------------------------
 
 
 def test_a_chosen_value_equal_to_another_kinds_default_is_kept():
@@ -175,54 +134,7 @@ def test_specs_round_trip_and_old_task_json_loads_the_same():
         TaskSpec(name="c", labels=["a", "b"], max_length="long")
 
 
-# -- 5. one error hierarchy ------------------------------------------------------------------------
-
-
-def test_a_task_that_is_not_loaded_is_an_unknown_task_error(tiny_distilbert):
-    from adapters_kit import UnknownTaskError
-
-    model = MultiTaskModel(tiny_distilbert)
-    for call in (lambda: model.unload("nope"), lambda: model.predict("nope", ["x"]),
-                 lambda: model.replace("nope", "/nowhere")):
-        with pytest.raises(UnknownTaskError) as e:
-            call()
-        assert isinstance(e.value, KeyError) and isinstance(e.value, AdaptersKitError)
-        assert str(e.value).startswith("task 'nope' is not loaded")  # not KeyError's quoting
-
-
-def test_cli_reports_package_errors_and_shows_a_real_key_error(monkeypatch, capsys):
-    from adapters_kit import UnknownTaskError, cli
-
-    def unknown(args):
-        raise UnknownTaskError("task 'x' is not loaded; loaded: []")
-
-    monkeypatch.setattr(cli, "cmd_tasks", unknown)
-    assert cli.main(["tasks"]) == 2
-    assert "error: task 'x' is not loaded" in capsys.readouterr().err
-
-    def bug(args):
-        return {}["missing"]
-
-    monkeypatch.setattr(cli, "cmd_tasks", bug)
-    with pytest.raises(KeyError, match="missing"):  # a bug: its traceback, not a user error
-        cli.main(["tasks"])
-
-
-def test_cli_exits_130_when_training_is_interrupted(monkeypatch, capsys):
-    from adapters_kit import TrainingInterrupted, cli
-
-    train_module = sys.modules["adapters_kit.training.loop"]
-
-    def stopped(*args, **kwargs):
-        raise TrainingInterrupted("stopped after step 3 (resume by training again)", step=3,
-                                  total_steps=6, checkpoint=None)
-
-    monkeypatch.setattr(train_module, "train", stopped)
-    assert cli.main(["train", "sst2", "--out", "/nonexistent/x"]) == 130
-    assert "resume by training again" in capsys.readouterr().err  # the error says what comes next
-
-
-# -- 6. one owner for the name rules ---------------------------------------------------------------
+# -- one owner for the name rules ---------------------------------------------------------------
 
 
 def test_task_and_served_names_have_one_owner():
@@ -240,48 +152,8 @@ def test_task_and_served_names_have_one_owner():
         TaskSpec(name="abc\n", labels=["a", "b"])
 
 
-# -- 7. server settings from the environment -------------------------------------------------------
-
-
-def test_serve_config_from_env(tmp_path):
-    from adapters_kit.server.config import ServeConfig, ServeConfigError
-
-    env = {"ADAPTERS_KIT_STORE": str(tmp_path), "ADAPTERS_KIT_PORT": "9000",
-           "ADAPTERS_KIT_MAX_WAIT_MS": "2.5", "ADAPTERS_KIT_CACHE_BYTES": "1000",
-           "ADAPTERS_KIT_PRECISION": "bf16", "ADAPTERS_KIT_KEYS": ""}
-    c = ServeConfig.from_env(env)
-    assert (c.store, c.port, c.max_wait_ms, c.cache_bytes, c.precision, c.keys) == \
-        (tmp_path, 9000, 2.5, 1000, "bf16", None)
-    assert ServeConfig.from_env(env, port=9100, max_wait_ms=None).port == 9100  # given wins
-    with pytest.raises(ServeConfigError, match="ADAPTERS_KIT_MAX_INPUTS='many' is not an integer"):
-        ServeConfig.from_env({**env, "ADAPTERS_KIT_MAX_INPUTS": "many"})
-    with pytest.raises(ServeConfigError, match="ADAPTERS_KIT_DEADLINE_S='nan' is not a finite"):
-        ServeConfig.from_env({**env, "ADAPTERS_KIT_DEADLINE_S": "nan"})
-    with pytest.raises(ServeConfigError) as e:  # the range check's message, naming the variable
-        ServeConfig.from_env({**env, "ADAPTERS_KIT_PORT": "70000"})
-    assert "port 70000 is not in 0..65535" in str(e.value) and "ADAPTERS_KIT_PORT" in str(e.value)
-    with pytest.raises(ServeConfigError, match="ADAPTERS_KIT_STORE"):
-        ServeConfig.from_env({})
-
-
-def test_serve_command_reads_the_environment_under_its_flags(monkeypatch, tmp_path):
-    pytest.importorskip("fastapi")
-    import adapters_kit.server.app
-    from adapters_kit import cli
-
-    seen = []
-    monkeypatch.setattr(adapters_kit.server.app, "serve", seen.append)
-    monkeypatch.setenv("ADAPTERS_KIT_STORE", str(tmp_path))
-    monkeypatch.setenv("ADAPTERS_KIT_PORT", "9000")
-    monkeypatch.setenv("ADAPTERS_KIT_MAX_INPUTS", "7")
-    assert cli.main(["serve", "--port", "9100"]) == 0
-    (config,) = seen
-    assert (config.store, config.port, config.max_inputs) == (tmp_path, 9100, 7)
-    assert config.backbone == "embedded-distilbert" and config.host == "127.0.0.1"
-
-
 def test_kind_names_are_spelled_only_inside_kinds():
-    """Issue 13: the built-in kinds' names appear as string literals only in kinds/ (their own
+    """The built-in kinds' names appear as string literals only in kinds/ (their own
     `name`s and the registry table); elsewhere code asks the kind, or uses DEFAULT_KIND."""
     import re
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import check_encoding, data_file, read_table, row_list
-from ..errors import DataError
+from ...errors import DataError
+from ..reading import check_encoding, data_file, read_table, row_list
 from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 
 IGNORE = -100

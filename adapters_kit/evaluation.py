@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..adapters.store import AdapterFiles, read_adapter
-from ..errors import DataError
-from ..kinds import kind_of
-from ..kinds.quality import quality_warnings
-from ..tasks import TaskSpec
-from .model import MultiTaskModel
+from .adapters.store import AdapterFiles, read_adapter
+from .engine.model import MultiTaskModel
+from .errors import DataError
+from .tasks import TaskSpec
+from .tasks.kinds import kind_of
+from .training.quality import quality_warnings
 
 
 def evaluate_adapter(adapter_dir: str | Path | AdapterFiles, data: str | None = None, split: str = "dev",

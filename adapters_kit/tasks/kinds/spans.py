@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbones import SPAN_OUT
-from ..data import data_file, read_table
-from ..errors import DataError, DataWarning
+from ...backbones import SPAN_OUT
+from ...errors import DataError, DataWarning
+from ..reading import data_file, read_table
 from . import Features, Row, WholeHeadKind, require_train, seeded_order, shown
 from .squad_eval import squad_scores
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..backbones import HEAD_OUT
-from ..errors import DataError, shown  # noqa: F401 (the kinds' messages use it)
+from ...backbones import HEAD_OUT
+from ...errors import DataError, shown  # noqa: F401 (the kinds' messages use it)
 
 
 @dataclass
@@ -186,7 +186,7 @@ class WholeHeadKind(Kind):
     def lora_config(self, arch, num_outputs, cfg):
         from peft import LoraConfig, TaskType
 
-        from ..backbones import target_modules
+        from ...backbones import target_modules
 
         return LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout, **lora_variants(cfg),
@@ -219,11 +219,11 @@ def kind_names() -> list[str]:
 
 def register_kind(kind: Kind, *, replace: bool = False) -> Kind:
     """Add a task kind: `register_kind(MyKind())`; its `name` is what cards give as `kind`."""
-    from ..errors import TaskError
+    from ...errors import TaskError
 
     if not isinstance(kind, Kind):
         raise TaskError(f"register_kind takes a Kind instance, got {type(kind).__name__}; subclass "
-                        "adapters_kit.kinds.Kind")
+                        "adapters_kit.tasks.kinds.Kind")
     if not isinstance(kind.name, str) or not _KIND_NAME.match(kind.name):
         raise TaskError(f"kind name {kind.name!r} must be lower-case letters, digits and '-', "
                         "starting with a letter (e.g. 'ordinal')")
@@ -254,7 +254,7 @@ def kind_of(spec_or_kind) -> Kind:
     name = spec_or_kind if isinstance(spec_or_kind, str) else spec_or_kind.kind
     kind = get_kind(name)
     if kind is None:
-        from ..errors import TaskError
+        from ...errors import TaskError
 
         raise TaskError(f"unknown kind {name!r}; registered kinds: {kind_names()}")
     return kind

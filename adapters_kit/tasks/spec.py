@@ -1,24 +1,21 @@
-"""Task specs, the task registry, task cards (TOML files), and the rules for task names."""
+"""`TaskSpec`: one task's fields, checked once; and the rules for task names."""
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import sys
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
-from pathlib import Path
 
-from .errors import TaskError, shown
+from ..errors import TaskError, shown
 from .kinds import DEFAULT_KIND, Kind, get_kind, kind_names, kind_of
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hub", "conll", "squad")
 # Two name rules, both owned here. A *task name* (`TaskSpec.name`: cards, the registry, the
@@ -50,7 +47,7 @@ class TaskSpec:
     name: str
     """Lower-case identifier: letters, digits, `_` and `-`, starting with a letter."""
     kind: str = DEFAULT_KIND
-    """A registered kind (`adapters_kit.kinds.kind_names()`): `classification`, `multi-label`,
+    """A registered kind (`adapters_kit.tasks.kinds.kind_names()`): `classification`, `multi-label`,
     `regression`, `token-classification` (NER, BIO tags), `extractive-qa` (a start/end span in
     a context), or one added with `register_kind`."""
     labels: list[str] = field(default_factory=list)
@@ -167,6 +164,11 @@ class TaskSpec:
             where = f" (card {self.source})" if self.source else ""
             raise TaskError(f"task {self.name!r}{where} is invalid:\n  - " + "\n  - ".join(problems))
         self.label_map = {str(k): v for k, v in self.label_map.items()}
+
+    @property
+    def kind_impl(self) -> Kind:
+        """The registered `Kind` this task's `kind` names."""
+        return kind_of(self)
 
     @property
     def num_outputs(self) -> int:
@@ -290,110 +292,3 @@ def _class_weight_problems(labels: list[str], value) -> list[str]:
     if bad:
         problems.append(f"class_weights {bad} must be positive numbers")
     return problems
-
-
-_REGISTRY: dict[str, TaskSpec] = {}
-_CARDS_LOADED: set[Path] = set()
-
-
-SHARED = "{shared}"
-"""Prefix of a card's data path in the shared data folder (see `shared_data_dir`)."""
-
-
-def shared_data_dir() -> Path | None:
-    """`ADAPTERS_KIT_SHARED_DATA`, else `../shared/data` beside the project checkout; None in an
-    installed package without that variable (it has no checkout to sit beside)."""
-    env = os.environ.get("ADAPTERS_KIT_SHARED_DATA")
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parent.parent
-    return checkout.parent / "shared" / "data" if (checkout / "pyproject.toml").is_file() else None
-
-
-def bundled_cards_dir() -> Path:
-    """The cards that ship with the package (package data: `adapters_kit/cards/`)."""
-    return Path(str(resources.files(__package__).joinpath("cards")))
-
-
-def cards_dirs() -> list[Path]:
-    """The bundled cards, then the folders in `ADAPTERS_KIT_TASKS` (`os.pathsep`-separated)."""
-    dirs = [bundled_cards_dir()]
-    extra = os.environ.get("ADAPTERS_KIT_TASKS")
-    if extra:
-        dirs += [Path(p) for p in extra.split(os.pathsep) if p]
-    return [d for d in dirs if d.is_dir()]
-
-
-def _expand(value: str | None, card_dir: Path) -> str | None:
-    if value is None:
-        return None
-    if value.startswith(SHARED):
-        shared = shared_data_dir()  # unknown: kept as written; reading it says what to set
-        return value if shared is None else str(shared) + value[len(SHARED) :]
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() or value.startswith(("hf://",)) else (card_dir / p))
-
-
-def load_card(path: str | Path) -> TaskSpec:
-    """Read one TOML task card. Relative data paths are relative to the card's folder."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise TaskError(f"cannot read task card {path}: {e}") from e
-    data = raw.get("data", {})
-    if data.get("format") != "hub":
-        for key in ("train", "dev", "test"):
-            if key in data:
-                data[key] = _expand(data[key], path.parent)
-    return TaskSpec.from_dict(raw, source=str(path))
-
-
-def load_cards(directory: str | Path) -> list[TaskSpec]:
-    """Register every `*.toml` card in `directory`; a card already registered is skipped."""
-    directory = Path(directory).resolve()
-    specs = []
-    for card in sorted(directory.glob("*.toml")):
-        spec = load_card(card)
-        if spec.name not in _REGISTRY:
-            _REGISTRY[spec.name] = spec
-        specs.append(spec)
-    _CARDS_LOADED.add(directory)
-    return specs
-
-
-def _ensure_cards() -> None:
-    for d in cards_dirs():
-        if d.resolve() not in _CARDS_LOADED:
-            load_cards(d)
-
-
-def register_task(spec: TaskSpec | None = None, /, *, replace: bool = False, **kwargs) -> TaskSpec:
-    """Add a task to the registry: `register_task(TaskSpec(...))` or `register_task(name=..., ...)`."""
-    _ensure_cards()
-    if spec is None:
-        spec = TaskSpec(**kwargs)
-    elif kwargs:
-        raise TaskError("pass either a TaskSpec or keyword fields to register_task, not both")
-    if spec.name in _REGISTRY and not replace:
-        raise TaskError(f"task {spec.name!r} is already registered; pick another name or pass "
-                        "replace=True")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def get_task(name: str) -> TaskSpec:
-    _ensure_cards()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    p = Path(name)
-    if p.suffix == ".toml" and p.is_file():
-        return load_card(p)
-    known = ", ".join(sorted(_REGISTRY)) or "none"
-    raise TaskError(f"unknown task {name!r}; known tasks: {known}. Add one with a TOML card in "
-                    "a folder named by ADAPTERS_KIT_TASKS, or register_task(...)")
-
-
-def list_tasks() -> list[TaskSpec]:
-    _ensure_cards()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

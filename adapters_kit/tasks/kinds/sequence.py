@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data import load_eval_split, load_splits, tokenize
-from ..errors import DataError
+from ...errors import DataError
+from ..reading import load_eval_split, load_splits, tokenize
 from . import Features, Kind, Row, lora_variants, shown
 
 
@@ -25,14 +25,14 @@ class SequenceKind(Kind):
     def lora_config(self, arch, num_outputs, cfg):
         from peft import LoraConfig, TaskType
 
-        from ..backbones import HEAD_DENSE, target_modules
+        from ...backbones import HEAD_DENSE, target_modules
 
         common = {"r": cfg.rank, "lora_alpha": cfg.lora_alpha,
                   "lora_dropout": cfg.lora_dropout, **lora_variants(cfg),
                   "target_modules": target_modules(arch, cfg.targets, cfg.head, pooled=True)}
         if cfg.head == "lora":
             if common["use_dora"]:
-                from ..errors import TrainingError
+                from ...errors import TrainingError
 
                 raise TrainingError(
                     "use_dora needs head='full' for this task kind: the 'lora' head's classifier "
@@ -49,7 +49,7 @@ class SequenceKind(Kind):
         return LoraConfig(**common, task_type=TaskType.SEQ_CLS, modules_to_save=[self.head, *extra])
 
     def base_fingerprint(self, backbone, model) -> str:
-        from ..backbones import fingerprint
+        from ...backbones import fingerprint
 
         return fingerprint(model)  # the base with its zero output layer (Backbone.head_dir)
 
