@@ -12,6 +12,7 @@ One place decides, so training, the engine, the server and the CLI agree. Names 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 
@@ -157,3 +158,19 @@ def grad_scaler(precision: str, device: torch.device):
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)
+
+
+def keeps_thread_count(fn):
+    """Decorate a function that may set torch's thread count (`TrainConfig.threads`): the
+    caller's count is back when it returns or raises, so a training never changes what the
+    rest of the process (a server's engine, the next test) runs with."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper

@@ -79,7 +79,7 @@ def test_class_weights_are_checked_in_the_card():
         kw = {"name": "t", "labels": ["neg", "pos"], "class_weights": "balanced", **bad}
         with pytest.raises(TaskError, match=match):
             TaskSpec(**kw)
-    assert TaskSpec(name="t", labels=["a", "b"], class_weights="none").class_weights is None
+    assert TaskSpec(name="t", labels=["a", "b"], class_weights="none").class_weights == "none"
 
 
 def test_balanced_training_saves_its_weights_and_changes_the_adapter(tiny_distilbert, skewed_task,
@@ -125,14 +125,15 @@ def test_report_matches_the_saved_adapter_and_the_png_is_saved(tiny_distilbert, 
 
 
 def test_a_never_predicted_class_is_warned(tiny_distilbert, tmp_path):
-    # 'odd' has 3 training rows whose texts are positive ones: the model cannot tell it apart
+    # 'odd' has 3 training rows whose texts are positive ones: unweighted (an unset class_weights
+    # would be balanced: 'odd' is under 5% of the rows), the model cannot tell it apart
     rows = sentiment_rows(96)
     odd = [(t, "odd") for t, y in sentiment_rows(6, seed=5) if y == "pos"]
     train_path = write_tsv(tmp_path / "train.tsv", ["text", "label"], rows + odd)
     dev_path = write_tsv(tmp_path / "dev.tsv", ["text", "label"], sentiment_rows(32, seed=1) + odd[:2])
     spec = TaskSpec(name="odd", labels=["neg", "odd", "pos"], train=str(train_path),
                     dev=str(dev_path), epochs=2, learning_rate=1e-2, batch_size=16, max_length=32,
-                    rank=4)
+                    rank=4, class_weights="none")
     with pytest.warns(QualityWarning, match=r"class 'odd' \(3 training rows, 2 evaluation rows\) "
                       "is never predicted"):
         r = train(spec, tmp_path / "a", quick(tiny_distilbert))

@@ -34,7 +34,7 @@ def test_the_resolved_config_is_one_frozen_typed_object_with_the_cards_defaults(
         run.rank = 16
     assert "task" not in run.record() and "progress" not in run.record()
     assert list(run.record())[:3] == ["backbone", "epochs", "learning_rate"]
-    assert TrainConfig(class_weights="none").resolved(SPEC).task.class_weights is None
+    assert TrainConfig(class_weights="none").resolved(SPEC).task.class_weights == "none"
     assert TrainConfig(precision="auto").resolved(SPEC).precision in ("fp32", "bf16")
     assert TrainConfig().resolved(SPEC).task is SPEC  # nothing overridden: the card itself
 

@@ -85,7 +85,9 @@ class TaskSpec:
     batch_size: int = 32
     class_weights: str | dict[str, float] | None = None
     """Loss weights per label: `"balanced"` (sklearn's n_rows / (n_classes * rows of the class),
-    from the training rows), a table label -> weight (labels not named weigh 1), or none.
+    from the training rows), a table label -> weight (labels not named weigh 1), or `"none"`.
+    Unset, a single-label task is weighted `"balanced"` when a class is under 5% of the training
+    rows (the result and `task.json` say so), else not weighted; `"none"` keeps it unweighted.
     Classification weights its cross-entropy; multi-label sets BCE's `pos_weight` per label
     (`"balanced"`: negative rows / positive rows). Other kinds refuse it."""
     max_length: int | None = None
@@ -143,8 +145,6 @@ class TaskSpec:
                     and not kind.class_weighted:
                 problems.append(f"class_weights apply to classification and multi-label tasks, "
                                 f"not {self.kind}; remove class_weights")
-        if self.class_weights == "none":
-            self.class_weights = None
         problems += _class_weight_problems(self.labels, self.class_weights)
         if not (1 <= len(self.text_fields) <= 2):
             problems.append(f"text_fields must name one or two columns, got {self.text_fields!r}")
@@ -279,7 +279,7 @@ def _class_weight_problems(labels: list[str], value) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [] if value == "balanced" else [
+        return [] if value in ("balanced", "none") else [
             f"class_weights {value!r} must be \"balanced\", \"none\" or a table label -> weight"]
     if not isinstance(value, dict):
         return [f"class_weights {value!r} must be \"balanced\", \"none\" or a table label -> weight"]

@@ -86,8 +86,6 @@ class TrainConfig:
                 values[k] = getattr(spec, k)
         if self.class_weights is None:
             values["class_weights"] = spec.class_weights
-        elif self.class_weights == "none":
-            values["class_weights"] = None
         problems = _problems(values)
         try:
             device = resolve_device(values["device"])

@@ -61,6 +61,16 @@ class DevEvaluator:
         self.seconds = time.perf_counter() - t0
         return metrics
 
+    def test(self) -> tuple[dict[str, float], dict]:
+        """The model's metrics on the card's test split and its report ({} and {} without one)."""
+        d = self.data
+        if d.test_feats is None:
+            return {}, {}
+        outputs = self.procs.map_rows(
+            lambda ids: predict_outputs(self.model, self.kind, ids, d.pad, sep_id=d.sep), d.test_feats.ids)
+        return (self.kind.evaluate(d.spec, d.test_split, d.test_feats, outputs),
+                self.kind.report(d.spec, d.test_split, d.test_feats, outputs))
+
     def keep(self) -> None:
         """The last evaluation is the best so far: its outputs make the report."""
         self.kept = self.last

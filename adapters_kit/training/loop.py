@@ -13,7 +13,7 @@ import torch
 
 from ..backbones import Backbone
 from ..backbones.quantize import Quantization
-from ..devices import autocast, grad_scaler
+from ..devices import autocast, grad_scaler, keeps_thread_count
 from ..tasks import TaskSpec, get_task
 from ..tasks.kinds import kind_of
 from .checkpoint import Checkpoint, run_key
@@ -38,6 +38,7 @@ __all__ = ["PROGRESS_SECONDS", "Prepared", "ResolvedConfig", "TrainConfig", "Tra
            "predict_logits", "predict_outputs", "prepare", "resolve_job", "train"]
 
 
+@keeps_thread_count
 def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None = None,
           *, stop_after_step: int | None = None,
           on_progress: Callable[[dict], None] | None = None) -> TrainResult:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..devices import keeps_thread_count
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..tasks import TaskSpec
 from ..tasks.reading import collate
@@ -86,6 +87,7 @@ def plan_passes(widths: Sequence[tuple[int, int]], max_tokens: int = PASS_TOKENS
     return passes
 
 
+@keeps_thread_count
 def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] | None = None,
                stop_after_step: int | None = None, lanes: int = 1) -> dict[str, TrainResult]:
     """Train every job's adapter together on one shared frozen base; results by task name.

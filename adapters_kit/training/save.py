@@ -38,6 +38,12 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     """Never-predicted classes, a score below the baseline: also raised as `QualityWarning`s."""
     class_weights: dict[str, float] | None = None
+    class_weights_note: str | None = None
+    """Set when the loss was weighted by default (a class under 5% of the training rows)."""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    """The kept adapter's metrics on the card's `test` split ({} when it names none)."""
+    test_baseline: dict[str, float] = field(default_factory=dict)
+    """The TF-IDF baseline's on the same test rows."""
     device: str = "cpu"
     """The device trained on (`TrainConfig.device` decided), e.g. `cuda:0`."""
 
@@ -50,7 +56,9 @@ class TrainResult:
                 "train_seconds": round(self.train_seconds, 2), "examples_seen": self.examples_seen,
                 "examples_per_second": round(self.examples_per_second, 1),
                 "adapter_bytes": self.adapter_bytes, "class_weights": self.class_weights,
-                "report": self.report, "warnings": self.warnings, "device": self.device}
+                "class_weights_note": self.class_weights_note, "test_metrics": self.test_metrics,
+                "test_baseline": self.test_baseline, "report": self.report, "warnings": self.warnings,
+                "device": self.device}
 
 
 def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, run: ResolvedConfig,
@@ -71,6 +79,9 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
     baseline = procs.from_main(kind.baseline(spec, train_split, dev_split)
                                if run.baseline and procs.is_main else {})
     report = kind.report(spec, dev_split, data.dev_feats, evaluate.kept)
+    test_metrics, test_report = evaluate.test()
+    test_baseline = procs.from_main(kind.baseline(spec, train_split, data.test_split)
+                                    if test_metrics and run.baseline and procs.is_main else {})
     train_counts = kind.label_counts(spec, train_split)
     notes = quality_warnings(spec, report, train_counts, final, baseline)
     if procs.is_main:
@@ -86,6 +97,8 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
                      **({"quantization": quantization.record()} if quantization else {})},
         "metrics": final,
         "tfidf_baseline": baseline,
+        **({"test_metrics": test_metrics, "test_tfidf_baseline": test_baseline,
+            "test_report": test_report} if test_metrics else {}),
         "training": {**run.record(),
                      "train_examples": len(train_split), "dev_examples": len(dev_split),
                      "train_rows": len(data.train_feats.ids),
@@ -93,7 +106,9 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
                      "steps": state.step, "best_step": best_step,
                      "train_seconds": round(state.seconds, 2), "examples_seen": state.seen,
                      "stopped_early": state.stopped_early, "processes": procs.size,
-                     "class_weight_values": data.weights_used, "train_label_counts": train_counts},
+                     "class_weight_values": data.weights_used, "train_label_counts": train_counts,
+                     **({"class_weights_note": data.weighting_note} if data.weighting_note else {}),
+                     **({"test_examples": len(data.test_split)} if test_metrics else {})},
         "history": {"evals": state.evals},
         "dev_report": report,
         "warnings": notes,
@@ -110,10 +125,12 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
             checkpoint.dir.parent.rmdir()  # only when no other task's checkpoint is in it
     procs.wait()  # the adapter is complete before any process returns its path
     emit({"event": "done", "step": state.step, "best_step": best_step, "metrics": final,
+          **({"test_metrics": test_metrics} if test_metrics else {}),
           "path": str(out_dir), "seconds": round(state.seconds, 1)})
     nbytes = (out_dir / WEIGHTS).stat().st_size + (out_dir / "adapter_config.json").stat().st_size
     return TrainResult(path=out_dir, metrics=final, baseline=baseline, train_seconds=state.seconds,
                        examples_seen=state.seen, adapter_bytes=nbytes,
                        history={"evals": state.evals, "best_step": best_step, "losses": state.losses},
                        report=report, warnings=notes, class_weights=data.weights_used,
-                       device=run.device)
+                       class_weights_note=data.weighting_note, test_metrics=test_metrics,
+                       test_baseline=test_baseline, device=run.device)

@@ -157,6 +157,10 @@ class Kind:
     def label_counts(self, spec, split) -> dict[str, int]:
         return {}
 
+    def default_weighting(self, spec, train_split) -> str | None:
+        """Why this run weighs its loss though the card left `class_weights` unset, or None."""
+        return None
+
     def baseline(self, spec, train, dev) -> dict:
         return {}
 

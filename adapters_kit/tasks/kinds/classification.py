@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 from .sequence import SequenceKind, label_index
 
+RARE_SHARE = 0.05
+"""A class under this share of the training rows makes an unset `class_weights` balanced."""
+
 
 class ClassificationKind(SequenceKind):
     name = "classification"
@@ -26,8 +29,22 @@ class ClassificationKind(SequenceKind):
             ids.append(index.get(name, -1))
         return torch.tensor(ids, dtype=torch.long), bad
 
+    def default_weighting(self, spec, train_split):
+        if spec.class_weights is not None:
+            return None
+        counts = np.bincount(train_split.targets.numpy(), minlength=len(spec.labels))
+        total = int(counts.sum())
+        rare = [(name, c / total) for name, c in zip(spec.labels, counts) if 0 < c < RARE_SHARE * total]
+        if not rare:
+            return None
+        shares = ", ".join(f"{name!r} is {share:.1%}" for name, share in rare)
+        return (f"class_weights \"balanced\" by default: {shares} of the training rows (under "
+                f"{RARE_SHARE:.0%}); set class_weights = \"none\" in the card, or --class-weights none, "
+                "to train unweighted")
+
     def loss_weights(self, spec, train_split):
-        if spec.class_weights is None:
+        if spec.class_weights == "none" or (spec.class_weights is None
+                                            and self.default_weighting(spec, train_split) is None):
             return None
         if isinstance(spec.class_weights, dict):
             return torch.tensor([float(spec.class_weights.get(n, 1.0)) for n in spec.labels])

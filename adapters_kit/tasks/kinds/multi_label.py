@@ -38,7 +38,7 @@ class MultiLabelKind(SequenceKind):
 
     def loss_weights(self, spec, train_split):
         """`pos_weight` per label: balanced is negatives / positives of the training rows."""
-        if spec.class_weights is None:
+        if spec.class_weights in (None, "none"):
             return None
         if isinstance(spec.class_weights, dict):
             return torch.tensor([float(spec.class_weights.get(n, 1.0)) for n in spec.labels])
