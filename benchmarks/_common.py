@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +23,14 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         print(json.dumps({"skipped": f"{path} not found (the shared data sits beside the checkout)"}))
         sys.exit(0)
+    return path
+
+
+def temp_dir(prefix: str) -> Path:
+    """A fresh folder under the system's temp folder, removed when the benchmark exits (even on
+    an error or Ctrl-C), so that runs leave no adapters or bases behind."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 

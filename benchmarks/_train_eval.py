@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
+
+from _common import temp_dir
 
 from adapters_kit import TrainConfig, get_task, train
 from adapters_kit.evaluation import evaluate_adapter
@@ -32,7 +33,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def run(task: str, args: argparse.Namespace, eval_split: str) -> dict:
     """Train `task` with the card's defaults overridden by `args`; score `eval_split`."""
     spec = get_task(task)
-    out = Path(args.out or tempfile.mkdtemp(prefix=f"{task}-")) / f"{task}-{args.backbone}"
+    out = Path(args.out or temp_dir(f"{task}-")) / f"{task}-{args.backbone}"
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
                          max_train_examples=args.max_train, max_seconds=args.max_seconds,

@@ -6,10 +6,9 @@ backbones (r=8 on q/v, 2 labels). Sizes do not depend on training, so the weight
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from _common import emit
+from _common import emit, temp_dir
 
 from adapters_kit.adapters.store import save_adapter
 from adapters_kit.backbones import Backbone
@@ -42,7 +41,7 @@ def distilbert_base_folder(work: Path) -> Path:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="adapter-size-"))
+    work = temp_dir("adapter-size-")
     rows = []
     for name in (str(distilbert_base_folder(work)), "embedded-distilbert", "embedded-albert"):
         bb = Backbone.resolve(name)

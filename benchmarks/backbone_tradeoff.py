@@ -12,13 +12,12 @@ ratio to distilbert-base measured in the same run. The last line is one JSON obj
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit, median_seconds  # noqa: E402
+from _common import emit, median_seconds, temp_dir  # noqa: E402
 
 from adapters_kit.backbones import Backbone  # noqa: E402
 from adapters_kit.training.loop import lora_config  # noqa: E402
@@ -81,7 +80,7 @@ def measure(name: str, label: str) -> dict:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="tradeoff-"))
+    work = temp_dir("tradeoff-")
     rows = [measure(str(shaped(work, "distilbert")), "distilbert-base-uncased shape"),
             measure(str(shaped(work, "albert")), "albert-base-v2 shape"),
             measure("embedded-distilbert", "embedded-distilbert"),

@@ -39,7 +39,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,7 +46,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import ROOT, emit, random_adapters, require_shared  # noqa: E402
+from _common import ROOT, emit, random_adapters, require_shared, temp_dir  # noqa: E402
 
 BACKBONE = "embedded-distilbert"
 TENANTS = 4
@@ -281,7 +280,7 @@ def main() -> None:
     if args.quick:
         args.seconds, args.job_rows = min(args.seconds, 15.0), min(args.job_rows, 64)
     texts = load_texts()
-    tmp = Path(tempfile.mkdtemp(prefix="jobs-load-"))
+    tmp = temp_dir("jobs-load-")
     store = tmp / "store"
     store.mkdir()
     (tmp / "keys.toml").write_text(keys_toml())

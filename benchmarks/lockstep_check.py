@@ -21,14 +21,12 @@ import gc
 import os
 import resource
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit  # noqa: E402
+from _common import emit, temp_dir  # noqa: E402
 from _lockstep import linears, lockstep  # noqa: E402
 from serving_engine import load_engine, make_adapters, make_base, merged_model, token_batch  # noqa: E402
 
@@ -52,7 +50,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--length", type=int, default=32)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lockstep-check-"))
+    work = temp_dir("lockstep-check-")
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     backbone = Backbone.resolve(make_base(work, "distilbert"))
     paths = make_adapters(backbone, args.k, work)

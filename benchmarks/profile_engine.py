@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import emit, random_adapters  # noqa: E402
+from _common import emit, random_adapters, temp_dir  # noqa: E402
 from serving_engine import load_engine, make_adapters, make_base, sst2_rows, token_batch  # noqa: E402
 
 from adapters_kit.backbones import Backbone  # noqa: E402
@@ -48,7 +46,7 @@ def main() -> None:
     ap.add_argument("--sst2", action="store_true",
                     help="embedded-distilbert with B real SST-2 dev rows (default B=48)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="profile-engine-"))
+    work = temp_dir("profile-engine-")
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     if args.sst2:
         backbone = Backbone.resolve("embedded-distilbert")

@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,7 +50,7 @@ def child(folder: str, mode: str | None, rows: int, length: int, reps: int) -> d
     """One base in this (fresh) process: its memory, then the engine's throughput on it."""
     import torch
     import transformers  # noqa: F401 (imported before the RSS baseline)
-    from _common import median_seconds, random_adapters
+    from _common import median_seconds, random_adapters, temp_dir
 
     from adapters_kit import MultiTaskModel
     from adapters_kit.backbones import Backbone
@@ -80,7 +79,7 @@ def child(folder: str, mode: str | None, rows: int, length: int, reps: int) -> d
     gc.collect()
 
     engine = MultiTaskModel(folder, quantize=mode)
-    work = Path(tempfile.mkdtemp(prefix="qbase-"))
+    work = temp_dir("qbase-")
     names = [engine.load(p) for p in random_adapters(bb, work, 4)]
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 29000, (rows, length), generator=g).tolist()
@@ -103,13 +102,13 @@ def main() -> None:
                                args.reps)))
         return
 
-    from _common import emit
+    from _common import emit, temp_dir
     from backbone_tradeoff import shaped
 
     from adapters_kit.backbones.quantize import FULL_PRECISION_MODULES, require_bitsandbytes
 
     require_bitsandbytes()
-    work = Path(tempfile.mkdtemp(prefix="quantized-base-"))
+    work = temp_dir("quantized-base-")
     out: dict = {"shapes": {}, "rows": args.rows, "length": args.length, "adapters": 4,
                  "full_precision": FULL_PRECISION_MODULES + ["norms", "biases", "position embeddings"],
                  "word_embeddings": "bf16 on the quantized bases"}

@@ -34,13 +34,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import emit, random_adapters  # noqa: E402
+from _common import emit, random_adapters, temp_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -265,7 +264,7 @@ def main() -> None:
     from adapters_kit.backbones import Backbone
 
     moto, endpoint = start_moto()
-    work = Path(tempfile.mkdtemp(prefix="remote-store-bench-"))
+    work = temp_dir("remote-store-bench-")
     os.environ["ADAPTERS_KIT_CACHE"] = os.environ.get("ADAPTERS_KIT_CACHE", str(work / "kit-cache"))
     try:
         import s3fs

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from _common import emit
+from _common import emit, temp_dir
 from serve_load import BACKBONE, drive, free_port, load_texts, make_store, wait_ready, warm
 
 
@@ -92,7 +91,7 @@ def main() -> None:
     import ray
 
     texts = load_texts()
-    store = Path(args.work or tempfile.mkdtemp(prefix="serve-ray-")) / "store"
+    store = Path(args.work or temp_dir("serve-ray-")) / "store"
     store.mkdir(parents=True, exist_ok=True)
     tasks = make_store(store, args.adapters)
     total_bytes = sum(f.stat().st_size for f in store.rglob("*.safetensors"))

@@ -41,7 +41,6 @@ import shlex
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -49,7 +48,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import emit, random_adapters, require_shared  # noqa: E402
+from _common import emit, random_adapters, require_shared, temp_dir  # noqa: E402
 from serve_load import BACKBONE, free_port, load_texts, start, stop, wait_ready, warm  # noqa: E402
 
 DAMAGED_SHARE, OVERSIZED_SHARE = 1 / 50, 1 / 100
@@ -438,7 +437,7 @@ def main() -> None:
     texts = {"classification": load_texts(), "token-classification": ner_sentences()}
     pairs = squad_pairs()
     texts["extractive-qa"] = pairs
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="serve-soak-"))
+    work = Path(args.work) if args.work else temp_dir("serve-soak-")
     store = work / "store"
     store.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

@@ -37,14 +37,13 @@ import gc
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import emit, random_adapters  # noqa: E402
+from _common import emit, random_adapters, temp_dir  # noqa: E402
 from _lockstep import linears, lockstep  # noqa: E402
 
 from adapters_kit import MultiTaskModel  # noqa: E402
@@ -350,7 +349,7 @@ def main() -> None:
     passes = args.passes or (4 if args.quick else 24)
     reps = args.reps
     peft_reps = args.peft_reps or (2 if args.quick else 5)
-    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    work = temp_dir("serving-bench-")
     os.environ.setdefault("ADAPTERS_KIT_CACHE", str(work / "cache"))
     result = {"p1": [], "p2": {}, "memory": {}}
     if not args.skip_p1:

@@ -18,11 +18,10 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, emit, require_shared
+from _common import ROOT, emit, require_shared, temp_dir
 
 
 def _port() -> int:
@@ -88,7 +87,7 @@ def main() -> None:
     dev = require_shared("sst2", "dev.tsv")
     require_shared("sst2", "train.tsv")
 
-    root = Path(args.out or tempfile.mkdtemp(prefix="ddp-")).resolve()
+    root = Path(args.out or temp_dir("ddp-")).resolve()
     max_train = 96 if args.quick else args.max_train
     train_args = ["--backbone", args.backbone, "--seed", str(args.seed), "--precision", args.precision,
                   "--max-train-examples", str(max_train), "--epochs", str(args.epochs)]

@@ -12,10 +12,9 @@ line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from _common import emit, require_shared
+from _common import emit, require_shared, temp_dir
 
 from adapters_kit import TrainConfig, get_task, train
 
@@ -47,7 +46,7 @@ def main() -> None:
     require_shared("sst2", "train.tsv")
 
     spec = get_task("sst2")
-    out = Path(args.out or tempfile.mkdtemp(prefix="sst2-")) / \
+    out = Path(args.out or temp_dir("sst2-")) / \
         f"sst2-{args.backbone}-{args.head}-{args.quantize or 'fp32'}"
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          rank=args.rank, targets=args.targets, batch_size=args.batch_size,
