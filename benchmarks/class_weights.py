@@ -89,8 +89,7 @@ def trec_task(folder: Path) -> TaskSpec:
         paths[split] = folder / f"{split}.tsv"
         paths[split].write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return TaskSpec(name="trec_coarse", labels=labels, train=str(paths["train"]),
-                    test=str(paths["test"]), dev_fraction=0.1, metric="f1_macro",
-                    learning_rate=2e-3, max_length=32, epochs=2)
+                    test=str(paths["test"]), dev_fraction=0.1, metric="f1_macro")
 
 
 if __name__ == "__main__":
