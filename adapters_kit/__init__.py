@@ -1,9 +1,9 @@
 """adapters_kit: many LoRA task adapters hot-swapped on one small encoder (DistilBERT or ALBERT)."""
 
+from .adapters import AdapterStore, LocalStore, RemoteStore, open_store
 from .adapters.merge import merge_adapter
 from .adapters.portable import resolve_base
-from .adapters.remote import RemoteStore
-from .adapters.store import AdapterStore, read_adapter
+from .adapters.store import read_adapter
 from .backbones import DEFAULT_BACKBONE, TARGET_PRESETS, Backbone
 from .comparison import Comparison, compare
 from .devices import resolve_device
@@ -36,6 +36,7 @@ __all__ = [
     "Comparison",
     "DataError",
     "DeviceError",
+    "LocalStore",
     "MultiTaskModel",
     "RemoteStore",
     "TaskError",
@@ -51,6 +52,7 @@ __all__ = [
     "list_tasks",
     "load_card",
     "merge_adapter",
+    "open_store",
     "read_adapter",
     "register_task",
     "resolve_base",

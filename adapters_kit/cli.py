@@ -121,13 +121,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = spec.with_data(args.data, args.dev_data)
     if args.encoding:
         spec = dataclasses.replace(spec, encoding=args.encoding)
-    out_url = args.out if args.out and "://" in args.out else None
-    if out_url:  # trained into a local staging folder, then published (adapters.remote)
-        from .adapters.remote import staging_for
+    from .adapters.door import publish_staged, staging_for
 
-        out = staging_for(out_url, spec.name, overwrite=args.overwrite)
-    else:
-        out = Path(args.out or Path("adapters") / spec.name)
+    # a store URL: trained into a local staging folder, then published there
+    staged = staging_for(args.out, spec.name, overwrite=args.overwrite) if args.out else None
+    out_url = args.out if staged else None
+    out = staged or Path(args.out or Path("adapters") / spec.name)
     config = TrainConfig(backbone=args.backbone, epochs=args.epochs, learning_rate=args.lr,
                          batch_size=args.batch_size, rank=args.rank, targets=args.targets,
                          head=args.head, max_train_examples=args.max_train_examples,
@@ -143,8 +142,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not is_main_process():  # under `accelerate launch` the main process reports for all
         return 0
     if out_url:
-        from .adapters.remote import publish_staged
-
         publish_staged(out, out_url)
         result.path = out = out_url
     if args.json:
@@ -227,12 +224,15 @@ def _print_report(report: dict) -> None:
             print(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
 
 
+_ADAPTER_AT = "an adapter directory, or STORE_URL/TASK (e.g. s3://bucket/adapters/sst2)"
+
+
 def _model_for(adapter_dir: str, args: argparse.Namespace):
-    from .adapters.store import read_adapter
+    from .adapters import load_adapter
     from .engine.model import MultiTaskModel
 
     device = _device(args)  # a device that is not there fails before anything is read
-    files = read_adapter(adapter_dir)
+    files = load_adapter(adapter_dir)  # a directory, or STORE_URL/TASK
     model = MultiTaskModel(files.task["backbone"]["name"], device=device)
     name = model.load(files)
     return model, name, files
@@ -247,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               baseline=not args.no_baseline, encoding=args.encoding)
     seconds = time.perf_counter() - started
     if args.json:
-        _print_json({**result, "seconds": round(seconds, 2), "adapter": str(files.path),
+        _print_json({**result, "seconds": round(seconds, 2), "adapter": files.where,
                      "device": str(model.device)})
     else:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
@@ -372,12 +372,12 @@ def _given(args: argparse.Namespace, *names: str) -> dict:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     """`jobs list|show|cancel`: the job table of a store, as the server sees it."""
-    from .adapters.remote import is_url
+    from .adapters import store_location
     from .jobs.layout import jobs_root
     from .jobs.table import JobTable, public_view
 
-    store = args.store if is_url(args.store) else Path(args.store)
-    if not is_url(store) and not store.is_dir():
+    store = store_location(args.store)
+    if isinstance(store, Path) and not store.is_dir():
         raise AdaptersKitError(f"store {store} is not a directory; pass --store DIR (or URL), the "
                                "store the server was started with")
     folder = jobs_root(store, args.jobs_dir)
@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="score an adapter on its dev/test split or a data file")
-    p.add_argument("adapter_dir")
+    p.add_argument("adapter_dir", help=_ADAPTER_AT)
     p.add_argument("--data", help="a labelled data file in the task's format")
     p.add_argument("--split", default="dev", choices=["dev", "test"])
     p.add_argument("--encoding", help="text encoding of the --data file (default: the task's)")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict labels for texts with an adapter")
-    p.add_argument("adapter_dir")
+    p.add_argument("adapter_dir", help=_ADAPTER_AT)
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--sep", default="|||", help="separates the two texts of a pair task")
     _device_flag(p)

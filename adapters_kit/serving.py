@@ -1,9 +1,9 @@
 """The multi-task serving API in one place: a shared base with a bank of adapters.
 
-    from adapters_kit.serving import AdapterCache, AdapterStore, MultiTaskModel
+    from adapters_kit.serving import AdapterCache, MultiTaskModel, open_store
 
     engine = MultiTaskModel("embedded-distilbert")
-    cache = AdapterCache(engine, AdapterStore("adapters"), budget_bytes=512 * 2**20)
+    cache = AdapterCache(engine, open_store("adapters"), budget_bytes=512 * 2**20)
     cache.predict_mixed([("sst2", "a gem"), ("conll2003", "Ada Lovelace met Babbage")])
 
 `MultiTaskModel` (runtime.py) owns the engine: banks, mixed batches, hot-swap with leases.
@@ -13,14 +13,15 @@
 Ray Serve: N engine replicas, requests routed by task with model multiplexing.
 """
 
+from .adapters import AdapterStore, LocalStore, RemoteStore, open_store
 from .adapters.merge import merge_adapter
-from .adapters.store import AdapterStore
 from .engine.cache import AdapterCache, CacheStats
 from .engine.model import MultiTaskModel, ResidentTask
 from .evaluation import evaluate_adapter
 
-__all__ = ["AdapterCache", "AdapterStore", "CacheStats", "MultiTaskModel", "ResidentTask",
-           "evaluate_adapter", "merge_adapter"]  # and, lazily, ray_application and serve_ray
+# and, lazily, ray_application and serve_ray
+__all__ = ["AdapterCache", "AdapterStore", "CacheStats", "LocalStore", "MultiTaskModel",
+           "RemoteStore", "ResidentTask", "evaluate_adapter", "merge_adapter", "open_store"]
 
 
 def __getattr__(name: str):

@@ -24,7 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 from test_server import INPUTS, _engine_form, assert_same_outputs  # noqa: E402
 
 from adapters_kit import MultiTaskModel  # noqa: E402
-from adapters_kit.adapters.store import CONFIG, TASK, AdapterStore, write_checksums  # noqa: E402
+from adapters_kit.adapters.local import LocalStore  # noqa: E402
+from adapters_kit.adapters.store import CONFIG, TASK, write_checksums  # noqa: E402
 from adapters_kit.engine.cache import AdapterCache  # noqa: E402
 
 EXAMPLES = int(os.environ.get("ADAPTERS_KIT_FUZZ_EXAMPLES", "500"))
@@ -82,7 +83,7 @@ def engine(tmp_path_factory, adapters, tiny_distilbert, reference):
     root = tmp_path_factory.mktemp("fuzz-store")
     shutil.copytree(adapters[GOOD], root / GOOD)
     model = MultiTaskModel(tiny_distilbert)
-    cache = AdapterCache(model, AdapterStore(root), 64 << 20)
+    cache = AdapterCache(model, LocalStore(root), 64 << 20)
     config = ServeConfig(store=root, backbone=tiny_distilbert, deadline_s=30)
     batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, len(model.tasks))))
     batcher.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from helpers import quick
 
-from adapters_kit import AdapterStore, MultiTaskModel, train
+from adapters_kit import LocalStore, MultiTaskModel, train
 from adapters_kit.adapters.merge import merge_adapter
 from adapters_kit.engine.cache import AdapterCache
 
@@ -13,7 +13,7 @@ TEXTS = ["the film was great lovely", "a plot was dull awful tedious"]
 
 
 def test_lru_eviction_and_transparent_reload(tiny_distilbert, sentiment_task, topic_task, tmp_path):
-    store = AdapterStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
     train(sentiment_task, store.path("tiny_sentiment"), quick(tiny_distilbert, epochs=1))
     train(topic_task, store.path("tiny_topic"), quick(tiny_distilbert, epochs=1))
     assert store.names() == ["tiny_sentiment", "tiny_topic"]
@@ -48,7 +48,7 @@ def test_a_rank_64_adapter_among_rank_8_ones_stays_under_the_budget(
     rank-64 adapter pads only its own bucket: the rank-8 ones keep their own size."""
     import shutil
 
-    store = AdapterStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
     small = train(sentiment_task, tmp_path / "r8", quick(tiny_distilbert, epochs=1, rank=8)).path
     train(sentiment_task, store.path("big"), quick(tiny_distilbert, epochs=1, rank=64))
     names = [f"small{i}" for i in range(4)]

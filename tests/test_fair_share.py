@@ -60,7 +60,7 @@ def test_a_tenant_flooding_the_queue_gets_429_and_the_other_tenant_still_gets_20
 
 
 def test_the_engine_takes_the_tenants_lines_in_turn(store, tiny_distilbert):
-    from adapters_kit import AdapterStore
+    from adapters_kit import LocalStore
     from adapters_kit.engine.cache import AdapterCache
     from adapters_kit.engine.model import MultiTaskModel
     from adapters_kit.server import ServeConfig
@@ -68,7 +68,7 @@ def test_the_engine_takes_the_tenants_lines_in_turn(store, tiny_distilbert):
     from adapters_kit.server.metrics import ServerMetrics
 
     config = ServeConfig(store=store, backbone=tiny_distilbert)
-    cache = AdapterCache(MultiTaskModel(tiny_distilbert), AdapterStore(store), 1 << 30)
+    cache = AdapterCache(MultiTaskModel(tiny_distilbert), LocalStore(store), 1 << 30)
     batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))  # not started
 
     async def queue():
@@ -89,7 +89,7 @@ def test_the_engine_takes_the_tenants_lines_in_turn(store, tiny_distilbert):
 
 
 def test_while_several_tenants_send_each_fills_at_most_its_share_of_a_batch(store, tiny_distilbert):
-    from adapters_kit import AdapterStore
+    from adapters_kit import LocalStore
     from adapters_kit.engine.cache import AdapterCache
     from adapters_kit.engine.model import MultiTaskModel
     from adapters_kit.server import ServeConfig
@@ -98,7 +98,7 @@ def test_while_several_tenants_send_each_fills_at_most_its_share_of_a_batch(stor
 
     # "the music": [CLS] the music [SEP], 4 word pieces; a batch budget of 16, so 8 each
     config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=16, max_wait_ms=0.1)
-    cache = AdapterCache(MultiTaskModel(tiny_distilbert), AdapterStore(store), 1 << 30)
+    cache = AdapterCache(MultiTaskModel(tiny_distilbert), LocalStore(store), 1 << 30)
 
     def first_batch(tenants: list[str]) -> list[str]:
         batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))

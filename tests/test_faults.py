@@ -37,7 +37,8 @@ from test_server import (  # noqa: E402, F401 (fixtures)
 )
 
 from adapters_kit import MultiTaskModel  # noqa: E402
-from adapters_kit.adapters.store import CONFIG, TASK, WEIGHTS, AdapterStore, write_checksums  # noqa: E402
+from adapters_kit.adapters.local import LocalStore  # noqa: E402
+from adapters_kit.adapters.store import CONFIG, TASK, WEIGHTS, write_checksums  # noqa: E402
 from adapters_kit.engine.cache import AdapterCache  # noqa: E402
 from adapters_kit.errors import AdapterFileError  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_refused_loads_keep_no_memory_and_no_slot(tmp_path, adapters, tiny_disti
     shutil.copytree(adapters["tiny_topic"], shape)
     _rewrite_task_json(shape, lambda m: m["task"].update(labels=["film", "music"]))
     model = MultiTaskModel(tiny_distilbert)
-    cache = AdapterCache(model, AdapterStore(root), 64 << 20)
+    cache = AdapterCache(model, LocalStore(root), 64 << 20)
     names = ["bad_sparse", "bad_card", "bad_shape"]
 
     def refuse(n: int) -> None:
@@ -238,7 +239,7 @@ def _slow_batcher(store, tiny_distilbert, calls: list, batch_tokens: int = 4096,
     model = MultiTaskModel(tiny_distilbert)
     config = ServeConfig(store=store, backbone=tiny_distilbert, batch_tokens=batch_tokens,
                          max_batch_rows=2, max_wait_ms=max_wait_ms)
-    cache = AdapterCache(model, AdapterStore(store), 64 << 20)
+    cache = AdapterCache(model, LocalStore(store), 64 << 20)
     batcher = Batcher(cache, config, ServerMetrics(lambda: (cache.stats, 0)))
     real = model.forward
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from moto_s3 import moto_s3, storage_options
 
-from adapters_kit import AdapterStore, MultiTaskModel, RemoteStore, TaskSpec
+from adapters_kit import LocalStore, MultiTaskModel, RemoteStore, TaskSpec, open_store
+from adapters_kit.adapters import load_adapter, save_adapter_files
 from adapters_kit.adapters.blobcache import BlobCache
 from adapters_kit.adapters.store import CHECKSUMS, WEIGHTS, AdapterFiles, read_adapter
 from adapters_kit.engine.cache import AdapterCache
@@ -92,7 +93,7 @@ def logits(files: AdapterFiles | Path, backbone: str) -> torch.Tensor:
 
 def test_publish_read_layout(s3, versions, tiny_distilbert, tmp_path):
     store = fresh_store(s3, tmp_path)
-    assert isinstance(AdapterStore(store.url), RemoteStore)  # AdapterStore takes a URL
+    assert isinstance(open_store(store.url), RemoteStore)  # the door opens a URL remotely
     assert store.names() == [] and not store.has("alpha")
     digest = store.publish("alpha", versions["a1"])
     assert digest == read_adapter(versions["a1"]).digest
@@ -113,12 +114,11 @@ def test_publish_read_layout(s3, versions, tiny_distilbert, tmp_path):
     other = RemoteStore(store.url, storage_options=storage_options(s3), cache_dir=tmp_path / "c2")
     assert other.read("alpha").digest == digest
 
-    # Hugging Face style: from a store URL, saved to a folder, loaded by the engine from a URL
+    # from a store URL, saved to a folder, loaded by the engine from a URL
     url = f"{store.url}/alpha"
-    again = AdapterFiles.from_pretrained(url, storage_options=storage_options(s3),
-                                         cache_dir=tmp_path / "c3")
+    again = load_adapter(url, storage_options=storage_options(s3), cache_dir=tmp_path / "c3")
     assert again.digest == digest
-    saved = again.save_pretrained(tmp_path / "copy" / "alpha")
+    saved = save_adapter_files(again, tmp_path / "copy" / "alpha")
     assert read_adapter(saved).digest == digest
     engine = MultiTaskModel.from_pretrained(url)  # fsspec's configuration names the endpoint
     assert engine.tasks["alpha"].digest == digest
@@ -362,9 +362,9 @@ def test_a_file_url_is_an_object_store_layout_on_local_disk(versions, tmp_path):
     """`file://` gets the versioned layout (for a shared file system); a plain path stays the
     folder store."""
     url = f"file://{tmp_path / 'bucket'}"
-    store = AdapterStore(url, cache_dir=tmp_path / "cache")
+    store = open_store(url, cache_dir=tmp_path / "cache")
     assert isinstance(store, RemoteStore)
-    assert type(AdapterStore(tmp_path / "plain")) is AdapterStore
+    assert type(open_store(tmp_path / "plain")) is LocalStore
     d1 = store.publish("alpha", versions["a1"])
     d2 = store.publish("alpha", versions["a2"])
     assert (tmp_path / "bucket" / "alpha" / "versions" / d1 / WEIGHTS).is_file()

@@ -33,12 +33,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import AdapterFileError
 from ..files import atomic_write_bytes
+from ..tasks import is_served_name
 from . import meta
 from .blobcache import BlobCache
-from .store import CHECKSUMS, TASK, AdapterFiles, AdapterStore, read_adapter
+from .store import CHECKSUMS, TASK, AdapterFiles, check_name, read_adapter
 
 POINTER = "CURRENT"
 VERSIONS = "versions"
@@ -46,22 +48,6 @@ POINTER_FORMAT = 1
 RETIRED_MEMORY_S = 7 * 86400.0
 """How long a pointer remembers when each old version stopped being current (for `gc`)."""
 DEFAULT_GRACE_S = 3600.0
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(location: str | os.PathLike) -> bool:
-    """True for `scheme://...` (a remote store); a plain path is the local folder store."""
-    return isinstance(location, str) and bool(_URL.match(location))
-
-
-def split_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/prefix/task` -> (`s3://bucket/prefix`, `task`): an adapter's store and name."""
-    store, _, name = url.rstrip("/").rpartition("/")
-    if not _NAME.fullmatch(name) or store.endswith(":/") or store.endswith(":"):
-        raise AdapterFileError(f"{url!r} does not end in a task name; give STORE_URL/TASK, e.g. "
-                               "s3://bucket/adapters/sst2")
-    return store, name
 
 
 @dataclass
@@ -87,15 +73,16 @@ class Pointer:
                                    f"wrote ({type(e).__name__}: {e}); publish the adapter again") from None
 
 
-class RemoteStore(AdapterStore):
+class RemoteStore:
     """Adapter directories at an fsspec URL, read through a local verified cache.
 
-    `AdapterStore("s3://...")` builds one. `pointer_ttl_s`: how long a pointer read is trusted
-    before it is fetched again (the serving processes' watcher refreshes those of resident
-    tasks every poll); `cache_dir`/`cache_bytes`: the local cache and its bound.
+    `open_store("s3://...")` opens one (`root`: any URL fsspec takes). `pointer_ttl_s`: how
+    long a pointer read is trusted before it is fetched again (the serving processes' watcher
+    refreshes those of resident tasks every poll); `cache_dir`/`cache_bytes`: the local cache
+    and its bound.
     """
 
-    remote = True
+    remote: ClassVar[bool] = True
 
     def __init__(self, root: str, storage_options: dict | None = None,
                  cache_dir: str | Path | None = None, cache_bytes: int = 2 << 30,
@@ -104,8 +91,6 @@ class RemoteStore(AdapterStore):
 
         from ..backbones.embedded import cache_root
 
-        if not is_url(root):
-            raise ValueError(f"{root!r} is not a URL; a plain path is a local AdapterStore")
         self.root = root.rstrip("/")
         self.url = self.root
         self.fs, self._base = url_to_fs(self.root, **(storage_options or {}))
@@ -127,13 +112,7 @@ class RemoteStore(AdapterStore):
         """A key as a URL, as messages name it."""
         return "/".join([self.url, *parts])
 
-    def _check_name(self, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise AdapterFileError(f"{name!r} is not an adapter name: use letters, digits, '_', "
-                                   "'.', '-', starting with a letter or digit")
-        return name
-
-    # -- the AdapterStore interface ---------------------------------------------------------------
+    # -- the AdapterStore protocol ----------------------------------------------------------------
 
     def path(self, name: str):  # a remote adapter has no local path until it is read
         raise AdapterFileError(f"store {self.url} is remote: use read(name) (files are fetched "
@@ -150,10 +129,10 @@ class RemoteStore(AdapterStore):
             found = self.fs.glob(f"{base}/*/{POINTER}")
         except FileNotFoundError:
             return []
-        return sorted(n for n in (p.rstrip("/").split("/")[-2] for p in found) if _NAME.fullmatch(n))
+        return sorted(n for n in (p.rstrip("/").split("/")[-2] for p in found) if is_served_name(n))
 
     def has(self, name: str) -> bool:
-        return bool(_NAME.fullmatch(name)) and self.pointer(name) is not None
+        return is_served_name(name) and self.pointer(name) is not None
 
     exists = has
 
@@ -174,7 +153,7 @@ class RemoteStore(AdapterStore):
 
     def read(self, name: str, max_weight_bytes: int | None = None) -> AdapterFiles:
         """The current version of `name`, fetched into the cache if needed, verified."""
-        self._check_name(name)
+        check_name(name)
         pointer = self.pointer(name)
         if pointer is None:
             known = ", ".join(self.names()) or "none"
@@ -203,7 +182,7 @@ class RemoteStore(AdapterStore):
 
     def pointers(self, names: list[str]) -> dict[str, Pointer | None]:
         """Fetch the pointers of `names` now, in one batch of concurrent GETs."""
-        keys = {self._key(self._check_name(n), POINTER): n for n in names}
+        keys = {self._key(check_name(n), POINTER): n for n in names}
         started = time.monotonic()
         got = self.fs.cat(list(keys), on_error="return") if keys else {}
         out: dict[str, Pointer | None] = {}
@@ -269,7 +248,7 @@ class RemoteStore(AdapterStore):
                                        "this base's adapter. Nothing was loaded from it")
         # everything listed in one batch of concurrent GETs (the listing gave the names), then
         # checked: checksums.json against the version key, every other file against it
-        wanted = [f for f in listing if _NAME.fullmatch(f)]
+        wanted = [f for f in listing if is_served_name(f)]
         got = self.fs.cat([f"{prefix}/{f}" for f in wanted], on_error="return")
         blobs = {f: got.get(f"{prefix}/{f}") for f in wanted}
         sums_data = blobs.get(CHECKSUMS)
@@ -301,16 +280,21 @@ class RemoteStore(AdapterStore):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def upload_version(self, name: str, source: str | Path) -> str:
+    def upload_version(self, name: str, source: str | Path, digest: str | None = None) -> str:
         """Upload a verified adapter directory as an immutable version of `name`; its digest.
 
         The bytes uploaded are the bytes checked: each file is read once, hashed against
-        checksums.json, then sent. Never changes what any reader sees (see `set_current`)."""
-        self._check_name(name)
+        checksums.json, then sent. Never changes what any reader sees (see `set_current`).
+        `digest`: the version the caller verified (`AdapterFiles.digest`); refused, nothing
+        uploaded, if `source` holds another by now. Without it `source` is verified here."""
+        check_name(name)
         source = Path(source)
-        read_adapter(source)  # the whole directory verified, as a load verifies it
+        expected = digest or read_adapter(source).digest  # verified, as a load verifies it
         sums_data = (source / CHECKSUMS).read_bytes()
         digest = hashlib.sha256(sums_data).hexdigest()
+        if digest != expected:
+            raise AdapterFileError(f"adapter {source} changed while it was being published; "
+                                   "publish it again once it is complete")
         sums = json.loads(sums_data)
         blobs = {}
         real_root = os.path.realpath(source)
@@ -332,7 +316,7 @@ class RemoteStore(AdapterStore):
 
     def set_current(self, name: str, version: str) -> Pointer:
         """Point `name` at an uploaded version: one single-object PUT, atomic."""
-        self._check_name(name)
+        check_name(name)
         if not self.fs.exists(self._key(name, VERSIONS, version, CHECKSUMS)):
             raise AdapterFileError(f"version {self.key_url(name, VERSIONS, version)} is not uploaded "
                                    "(no checksums.json); upload it before pointing at it")
@@ -351,9 +335,10 @@ class RemoteStore(AdapterStore):
             self._pointers[name] = (pointer, time.monotonic())
         return pointer
 
-    def publish(self, name: str, source: str | Path) -> str:
-        """Upload `source` as a new version of `name`, then make it current; its digest."""
-        digest = self.upload_version(name, source)
+    def publish(self, name: str, source: str | Path, digest: str | None = None) -> str:
+        """Upload `source` as a new version of `name`, then make it current; its digest.
+        `digest`: as for `upload_version`."""
+        digest = self.upload_version(name, source, digest)
         self.set_current(name, digest)
         return digest
 
@@ -367,7 +352,7 @@ class RemoteStore(AdapterStore):
     # -- garbage collection ---------------------------------------------------------------------
 
     def versions(self, name: str) -> list[str]:
-        prefix = self._key(self._check_name(name), VERSIONS)
+        prefix = self._key(check_name(name), VERSIONS)
         self.fs.invalidate_cache(prefix)
         try:
             entries = self.fs.ls(prefix, detail=False)
@@ -408,38 +393,3 @@ class RemoteStore(AdapterStore):
             if isinstance(t, (int, float)):
                 newest = t if newest is None else max(newest, t)
         return newest
-
-
-def open_store(location: str | os.PathLike, **options) -> AdapterStore:
-    """The store at `location`: a `RemoteStore` for a URL, the local folder store for a path."""
-    if is_url(str(location)) and isinstance(location, str):
-        return RemoteStore(location, **options)
-    return AdapterStore(Path(location))
-
-
-def staging_for(url: str, task: str, overwrite: bool = False) -> Path:
-    """The local folder that `train --out URL` writes before publishing to `url`
-    (STORE_URL/NAME). Refuses at once, before any training, if `url` exists and not
-    `overwrite`. The same URL gets the same folder, so an interrupted run resumes."""
-    import shutil
-
-    from ..backbones.embedded import cache_root
-
-    store_url, name = split_url(url)
-    if not overwrite and RemoteStore(store_url).has(name):
-        raise FileExistsError(f"{url} already exists; pass --overwrite (TrainConfig(overwrite="
-                              "True)) to publish a new version")
-    folder = cache_root() / "publish" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
-    if folder.is_dir():  # a finished run's copy that was not published: trained again
-        shutil.rmtree(folder)
-    return folder
-
-
-def publish_staged(folder: Path, url: str) -> str:
-    """Publish a staged adapter folder to `url` (STORE_URL/NAME); remove the folder; its digest."""
-    import shutil
-
-    store_url, name = split_url(url)
-    digest = RemoteStore(store_url).publish(name, folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    return digest

@@ -10,6 +10,9 @@ One directory per task adapter:
 
 Adapter files are untrusted input: only safetensors is read, never pickle, and every check
 (checksum, format, shapes, base fingerprint) passes before a tensor is handed to anyone.
+
+This module is the format alone; the stores of many adapters build on it (`local.LocalStore`,
+a folder; `remote.RemoteStore`, an object store) and `door.open_store` opens either.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import OUTPUT_LAYERS
+from ..backbones import EMBEDDED, OUTPUT_LAYERS
 from ..errors import AdapterFileError
 from ..files import atomic_directory, recover_directory, sha256_file
-from ..tasks import TaskSpec
+from ..tasks import SERVED_NAME_RULE, TaskSpec, is_served_name
 from ..tasks.kinds import kind_of
 from . import meta as meta
 from .meta import FORMAT_VERSION
@@ -42,6 +45,14 @@ _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _PREFIX = "base_model.model."
 
 
+def check_name(name: str) -> str:
+    """`name`, if it may name an adapter in a store (a folder, or a key part); else an
+    AdapterFileError saying the rule."""
+    if not is_served_name(name):
+        raise AdapterFileError(f"{name!r} is not an adapter name: use {SERVED_NAME_RULE}")
+    return name
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -52,6 +63,19 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def base_name(backbone: dict | None, local_folder: str | None) -> str | None:
+    """The `base_model_name_or_path` an adapter of `backbone` (task.json's entry) records: a
+    name that resolves on any machine (`resolve_base`), else this machine's folder."""
+    name = str((backbone or {}).get("name") or "")
+    if not name:
+        return local_folder
+    if name in EMBEDDED:
+        return name
+    if Path(name).expanduser().exists():
+        return local_folder  # a folder of this machine: nothing names it elsewhere
+    return name  # a hub id
 
 
 def write_checksums(directory: Path) -> None:
@@ -71,8 +95,6 @@ def save_adapter(directory: Path, peft_model, task: dict, overwrite: bool = Fals
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         config = copy.deepcopy(peft_model.peft_config["default"])  # the caller's stays trainable
         config.inference_mode = True
-        from .portable import base_name  # a name that resolves on any machine (resolve_base)
-
         config.base_model_name_or_path = base_name(task.get("backbone"),
                                                    config.base_model_name_or_path)
         config.save_pretrained(str(tmp))
@@ -109,19 +131,6 @@ class AdapterFiles:
     def where(self) -> str:
         """What messages name: the remote key the files came from, else the local folder."""
         return self.source or str(self.path)
-
-    @classmethod
-    def from_pretrained(cls, location: str | Path, **store_options) -> AdapterFiles:
-        """Read and verify an adapter from a directory or a store URL (`s3://bucket/prefix/task`)."""
-        from .portable import load_adapter
-
-        return load_adapter(location, **store_options)
-
-    def save_pretrained(self, location: str | Path, overwrite: bool = False, **store_options) -> str:
-        """Write these verified files to a directory, or publish them at a store URL."""
-        from .portable import save_adapter_files
-
-        return save_adapter_files(self, location, overwrite=overwrite, **store_options)
 
     @property
     def name(self) -> str:
@@ -343,63 +352,3 @@ def check_against_base(files: AdapterFiles, model: torch.nn.Module, fingerprint:
     if tuple(w.shape) != (n_out, hidden) or (bias is not None and tuple(bias.shape) != (n_out,)):
         raise _refuse(files.where, f"the {files.head_name} is {tuple(w.shape)} but this base and task need "
                       f"({n_out}, {hidden})", "use the backbone the adapter was trained on")
-
-
-@dataclass
-class AdapterStore:
-    """A folder of adapter directories, one per task name."""
-
-    root: Path
-    checkpoints: Path = field(init=False)
-
-    def __new__(cls, *args, **kwargs):
-        root = args[0] if args else kwargs.get("root")
-        if cls is AdapterStore and isinstance(root, str) and "://" in root:
-            from .remote import RemoteStore  # `AdapterStore("s3://bucket/prefix")`
-
-            return RemoteStore(*args, **kwargs)
-        return super().__new__(cls)
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        self.checkpoints = self.root / ".checkpoints"
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def recover(self) -> None:
-        """Put back what a killed replace moved aside; remove dead writers' staging folders
-        (a killed PUT's copy, a killed training's checkpoint write)."""
-        recover_directory(self.root)
-        recover_directory(self.checkpoints)
-
-    def has(self, name: str) -> bool:
-        """True if the store holds an adapter named `name` (its task.json is there)."""
-        return (self.path(name) / TASK).is_file()
-
-    def exists(self, name: str) -> bool:
-        """True if anything (complete or not) sits under `name`."""
-        return self.path(name).is_dir()
-
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        self.recover()
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / TASK).exists())
-
-    def info(self, name: str) -> dict:
-        """The adapter's task.json, unverified (for listings); OSError/ValueError if unreadable."""
-        path = self.path(name) / TASK
-        if path.stat().st_size > meta.MAX_METADATA_BYTES:
-            raise ValueError(f"{path} is over {meta.MAX_METADATA_BYTES} bytes")
-        return json.loads(path.read_bytes())
-
-    def read(self, name: str, max_weight_bytes: int | None = None) -> AdapterFiles:
-        if not (self.path(name)).is_dir():
-            known = ", ".join(self.names()) or "none"
-            raise AdapterFileError(f"no adapter {name!r} in store {self.root}; it holds: {known}")
-        return read_adapter(self.path(name), max_weight_bytes=max_weight_bytes)
-
-    def checkpoint_dir(self, name: str) -> Path:
-        return self.checkpoints / name

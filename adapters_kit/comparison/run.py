@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.store import CHECKSUMS, TASK, AdapterStore, read_adapter
+from ..adapters.local import LocalStore
+from ..adapters.store import CHECKSUMS, TASK, read_adapter
 from ..backbones import Backbone
 from ..engine.memory import HeapTrimmer
 from ..engine.model import MultiTaskModel
@@ -97,7 +98,7 @@ def compare(task: str | TaskSpec, backbones: str | list[str] | None = None,
     cells = grid.plan(grid.names(backbones, "backbones"), grid.names(precisions, "precisions"),
                       device)
     out = Path(out or f"compare-{spec.name}")
-    store = AdapterStore(out / "adapters")
+    store = LocalStore(out / "adapters")
     emit = on_progress or (lambda event: None)
     settings = {"budget_s": budget_s, "epochs": epochs, "max_train_examples": max_train_examples,
                 "seed": seed, "threads": threads, "device": device,
@@ -160,7 +161,7 @@ def compare(task: str | TaskSpec, backbones: str | list[str] | None = None,
     return comparison
 
 
-def _run_cell(cell: grid.Cell, spec: TaskSpec, kind, dev_split, store: AdapterStore,
+def _run_cell(cell: grid.Cell, spec: TaskSpec, kind, dev_split, store: LocalStore,
               resolved: dict, *, device: str, budget_s, epochs, seed, threads, max_train_examples,
               progress: bool, emit) -> dict:
     """Train (or reuse) and measure one combination; a failure of its own is its `skipped`."""
@@ -218,7 +219,7 @@ KEY_LEAVES_OUT = ("threads", "progress", "resume", "baseline", "overwrite")
 
 
 def _trained(cell: grid.Cell, spec: TaskSpec, config: TrainConfig, backbone: Backbone,
-             store: AdapterStore, emit) -> tuple[Path, float, bool]:
+             store: LocalStore, emit) -> tuple[Path, float, bool]:
     """The cell's adapter: kept from an earlier run with the same key, else trained now.
     Returns (its directory, its training seconds, whether it was reused)."""
     run = config.resolved(spec)

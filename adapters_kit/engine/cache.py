@@ -6,8 +6,9 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..adapters.store import AdapterStore
+from ..adapters import AdapterStore, open_store
 from ..errors import AdapterFileError
 from .model import MultiTaskModel, TextInput
 
@@ -48,9 +49,10 @@ class AdapterCache:
     budget: they stay resident for it rather than fail.
     """
 
-    def __init__(self, model: MultiTaskModel, store: AdapterStore, budget_bytes: int) -> None:
+    def __init__(self, model: MultiTaskModel, store: AdapterStore | str | Path,
+                 budget_bytes: int) -> None:
         self.model = model
-        self.store = store
+        self.store = open_store(store)  # a store, or its folder or URL
         self.budget_bytes = budget_bytes
         self.stats = CacheStats()
         self._lru: OrderedDict[str, None] = OrderedDict()  # resident tasks, oldest first

@@ -240,7 +240,7 @@ class MultiTaskModel:
         """An engine serving `adapters` (directories or store URLs such as
         `s3://bucket/prefix/sst2`), on the base they name (or `backbone`); `kwargs` as for
         the constructor."""
-        from ..adapters.portable import load_adapter
+        from ..adapters import load_adapter
 
         files = [load_adapter(a) for a in adapters]
         if backbone is None and not files:

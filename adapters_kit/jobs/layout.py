@@ -24,10 +24,11 @@ def jobs_root(store: str | Path, jobs_dir: str | Path | None = None) -> Path:
     """The local folder of the jobs of `store` (see the module's docstring)."""
     if jobs_dir is not None:
         return Path(jobs_dir)
-    from ..adapters.remote import is_url
+    from ..adapters import store_location
 
-    if not is_url(store):
-        return Path(store) / ".jobs"
+    store = store_location(store)
+    if isinstance(store, Path):
+        return store / ".jobs"
     from ..backbones.embedded import cache_root
 
     return cache_root() / "jobs" / hashlib.sha256(str(store).rstrip("/").encode()).hexdigest()[:16]

@@ -26,8 +26,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..adapters import open_store
 from ..adapters.meta import task_problems
-from ..adapters.remote import open_store
 from ..devices import choice_note
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel

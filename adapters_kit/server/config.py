@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..adapters import store_location
 from ..devices import device_problem
 from ..engine.model import PRECISIONS
 from ..errors import AdaptersKitError
@@ -133,8 +134,8 @@ class ServeConfig:
     """Most jobs the worker trains together in one run."""
 
     def __post_init__(self) -> None:
-        remote = isinstance(self.store, str) and "://" in self.store
-        self.store = self.store if remote else Path(self.store)
+        self.store = store_location(self.store)  # a URL stays a string; a folder, a Path
+        remote = isinstance(self.store, str)
         if self.store_cache is not None:
             self.store_cache = Path(self.store_cache)
         if self.keys is not None:
