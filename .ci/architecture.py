@@ -104,7 +104,8 @@ def main() -> int:
     long = [(len(p.read_text().splitlines()), p.relative_to(ROOT)) for p in modules]
     over = sorted([x for x in long if x[0] > args.max_lines], reverse=True)
     longest = max(long)
-    unplaced = sorted({m.split(".")[1] for m in graph.modules if m != PACKAGE and layer_of(m, layers) is None})
+    unplaced = sorted({m.split(".")[1] for m in graph.modules
+                       if m != PACKAGE and layer_of(m, layers) is None})
     print(f"modules: {len(graph.modules)}; longest: {longest[1]} ({longest[0]} lines)")
     print(f"import circles: {len(circles)}" + "".join(f"\n  {' <-> '.join(c)}" for c in circles))
     print(f"imports from a lower layer to a higher one (or across siblings): {len(up)}"
