@@ -34,7 +34,7 @@ def _class_weights(text: str) -> str | dict[str, float]:
 
 CUSTOM = {
     # the names these flags have always had
-    "learning_rate": {"flag": "--lr"},
+    "learning_rate": {"flag": "--lr", "metavar": "LR"},
     "use_rslora": {"flag": "--rslora"},
     "use_dora": {"flag": "--dora"},
     # what the annotation alone cannot say
