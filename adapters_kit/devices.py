@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+from typing import Literal, get_args
 
 import torch
 
@@ -110,7 +111,8 @@ def cpu_bf16() -> bool:
         return False
 
 
-TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TrainingPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+TRAINING_PRECISIONS = get_args(TrainingPrecision)
 
 
 def training_precision(precision: str, device: torch.device) -> str:

@@ -173,6 +173,34 @@ def test_patience_reaches_the_training_config(tmp_path, monkeypatch):
     assert seen == {"patience": 7}
 
 
+def test_config_flags_reach_the_training_config_of_train_and_train_many(tmp_path, monkeypatch):
+    """The settings flags are TrainConfig's fields: a flag given sets its field, one not given
+    leaves TrainConfig's default; the names the flags have always had still work."""
+    from adapters_kit import cli
+    from adapters_kit.training import TrainConfig, TrainingInterrupted
+
+    seen = []
+
+    def stopped(*args, **kwargs):
+        seen.append(args[2] if len(args) > 2 else args[0][0].config)  # train's, or a job's
+        raise TrainingInterrupted("stopped", step=0, total_steps=1, checkpoint=None)
+
+    monkeypatch.setattr("adapters_kit.training.loop.train", stopped)
+    monkeypatch.setattr("adapters_kit.training.many.train_many", stopped)
+    card = str(_card(tmp_path))
+    flags = ["--lr", "0.02", "--warmup-ratio", "0.2", "--no-resume", "--no-baseline", "--rslora",
+             "--evals-per-epoch", "3", "--device", "cpu"]
+    assert cli.main(["train", card, "--out", str(tmp_path / "a"), *flags]) == 130
+    assert cli.main(["train-many", card, "--out", str(tmp_path / "m"), *flags]) == 130
+    for config in seen:
+        assert (config.learning_rate, config.warmup_ratio, config.evals_per_epoch) == (0.02, 0.2, 3)
+        assert (config.resume, config.baseline, config.use_rslora) == (False, False, True)
+        assert (config.patience, config.rank, config.device) == (4, None, "cpu")  # not given
+    assert len(seen) == 2 and all(isinstance(c, TrainConfig) for c in seen)
+    # train-many takes no time budget (train_many has none): refused as an unknown flag
+    assert cli.main(["train-many", card, "--out", str(tmp_path / "m"), "--max-seconds", "5"]) == 2
+
+
 def test_ctrl_c_during_training_exits_130_and_leaves_a_checkpoint(tiny_distilbert, tmp_path):
     import signal
 

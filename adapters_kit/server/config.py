@@ -9,11 +9,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 from ..adapters import store_location
 from ..devices import device_problem
 from ..engine.model import PRECISIONS
 from ..errors import AdaptersKitError
+from ..training.config import Quantize
 
 
 class ServeConfigError(AdaptersKitError, ValueError):
@@ -33,8 +35,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+ServePrecision = Literal["fp32", "bf16", "auto"]
+"""The engine's precisions (`engine.model.PRECISIONS`), as a type: the flag's choices."""
+
+
 @dataclass
 class ServeConfig:
+    """How the server runs. Each field is also the flag `--field-name` of `adapters-kit serve`
+    (its docstring the help) and the variable `ADAPTERS_KIT_FIELD_NAME`: flags over the
+    environment over these defaults (`from_env`)."""
+
     store: Path | str
     """Folder of adapter directories, one per task (the name of the folder is the task's name);
     or an fsspec URL of a remote store (`s3://bucket/prefix`, `gs://...`, `file://...`)."""
@@ -76,7 +86,7 @@ class ServeConfig:
     """Intra-op threads of the engine thread; 0: every core (on Ray: cores / replicas). The
     HTTP side needs little (a profile under load put the engine thread at 95% of the server's
     samples), and on the 2-core machine 2 threads served 1.43x the requests of 1."""
-    precision: str = "fp32"
+    precision: ServePrecision = "fp32"
     """The engine's matmul precision: fp32 (matches plain peft within 1e-5), bf16 (autocast;
     about 2x faster matmuls on CPUs with bf16 units, outputs move by bf16 rounding), or auto
     (bf16 on a GPU that runs it natively, else fp32)."""
@@ -84,7 +94,7 @@ class ServeConfig:
     """Where the engine runs: auto (a GPU when one is visible, else the CPU), cpu, cuda or
     cuda:N. Only the name is checked here; the engine checks the GPU is there when it starts
     (on Ray, on the replica's machine)."""
-    quantize: str | None = None
+    quantize: Quantize | None = None
     """Serve on a bitsandbytes base: `8bit` or `4bit` (NF4), or None for the full-precision base
     (README, "Quantized bases"). Adapters of either base load, with a logged note across bases."""
     capacity: int = 16

@@ -1,0 +1,7 @@
+"""`python -m adapters_kit.cli`, as the `adapters-kit` script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
