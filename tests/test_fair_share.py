@@ -77,13 +77,14 @@ def test_the_engine_takes_the_tenants_lines_in_turn(store, tiny_distilbert):
 
     asyncio.run(queue())
     order = []
-    while (job := batcher._take(0)) is not None:
+    while (job := batcher.admission.take(0)) is not None:
         order.append(job.tenant)
     assert order == ["acme", "globex", "acme", "globex", "acme", "acme"]
     # a newcomer's expected wait counts of the flooding line only as much as its own
-    batcher._chars_per_s = 100.0
-    batcher._tenant_chars, batcher._pending_chars = {"acme": 1000}, 1000
-    batcher._batch_chars = 0  # the jobs taken above are not in hand: no batch is running
+    admission = batcher.admission
+    admission.pace.chars_per_s = 100.0
+    admission._tenant_chars, admission._pending_chars = {"acme": 1000}, 1000
+    admission.pace.batch_chars = 0  # the jobs taken above are not in hand: no batch is running
     assert batcher.expected_wait(10, "globex") == pytest.approx((10 + 10) / 100)
     assert batcher.expected_wait(10, "acme") == pytest.approx((1010) / 100)
 
@@ -108,11 +109,11 @@ def test_while_several_tenants_send_each_fills_at_most_its_share_of_a_batch(stor
                 batcher.submit("tiny_topic", ["the music"], 1e12, tenant)
 
         asyncio.run(queue())
-        batch = batcher._gather()
+        batch = batcher.runner.gather()
         for p in batch:
             batcher.model.release(p.task)
-        if batcher._carry is not None:
-            batcher.model.release(batcher._carry.task)
+        if batcher.runner.carry is not None:
+            batcher.model.release(batcher.runner.carry.task)
         return [p.job.tenant for p in batch]
 
     assert first_batch(["acme"] * 6) == ["acme"] * 4  # one tenant: the whole budget

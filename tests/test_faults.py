@@ -131,9 +131,9 @@ def test_an_adapter_with_nan_weights_is_refused_and_no_response_holds_bare_nan(
         r = httpx.post(url + "/v1/predict", json={"task": "bad_nan", "inputs": ["great"]})
         assert r.status_code == 503, r.text
         assert "NaN" in r.json()["error"]["message"]
-    from adapters_kit.server.app import _json
+    from adapters_kit.server.responses import json_response
 
-    body = _json(200, {"outputs": [{"value": float("nan"), "scores": {"a": float("inf")}}]}).body
+    body = json_response(200, {"outputs": [{"value": float("nan"), "scores": {"a": float("inf")}}]}).body
     assert json.loads(body, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON")) == \
         {"outputs": [{"value": None, "scores": {"a": None}}]}
 
@@ -270,10 +270,10 @@ def test_a_request_the_engine_has_taken_but_not_yet_run_still_counts_in_the_expe
         with model.paused():
             a = batcher.submit("tiny_sentiment", long, time.monotonic() + 30)
             for _ in range(400):  # until the engine thread has taken it from the queue
-                if batcher._pending == 0:
+                if batcher.admission.pending == 0:
                     break
                 await asyncio.sleep(0.01)
-            assert batcher._pending == 0, "the engine did not take the request"
+            assert batcher.admission.pending == 0, "the engine did not take the request"
             in_hand = batcher.expected_wait(1)
         await asyncio.wait_for(a, 30)
         return in_hand
@@ -451,7 +451,7 @@ def test_when_the_engine_thread_dies_anyway_healthz_fails(store, tiny_distilbert
         def boom(*_):
             raise Fatal()
 
-        monkeypatch.setattr(batcher, "_run_safely", boom)
+        monkeypatch.setattr(batcher.runner, "_run_safely", boom)
         r = httpx.post(url + "/v1/predict", json={"task": "tiny_topic", "inputs": ["music"]},
                        timeout=20)
         assert r.status_code in (503, 504)
@@ -465,7 +465,7 @@ SERVE_AND_BREAK = """
 import sys
 from adapters_kit.server import ServeConfig
 from adapters_kit.server import app as server_app
-from adapters_kit.server.batcher import Batcher
+from adapters_kit.server.runner import EngineRunner
 
 class Fatal(BaseException):
     pass
@@ -473,7 +473,7 @@ class Fatal(BaseException):
 def boom(self, batch):
     raise Fatal()
 
-Batcher._run_safely = boom
+EngineRunner._run_safely = boom
 server_app.serve(ServeConfig(store=sys.argv[1], backbone=sys.argv[2], port=int(sys.argv[3])))
 """
 

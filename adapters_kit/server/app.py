@@ -1,30 +1,21 @@
-"""The HTTP app: routes, authentication, error bodies, metrics; `serve` runs it on uvicorn.
+"""The HTTP app: `create_app` assembles the routes (`routes/`) over a `Server`, the error
+bodies (`responses`), the body limits and the request metrics; `serve` runs it on uvicorn.
 
     adapters-kit serve --store DIR --backbone NAME [--keys keys.toml] [--host H] [--port P]
 
 Every error is JSON `{"error": {"code", "message"}}`; the message says what to fix.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the route signatures at run time,
-# and the Annotated dependency aliases below are local to `create_app`.
-
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import socket
 import sys
 import time
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..adapters import open_store
 from ..adapters.meta import task_problems
@@ -32,51 +23,23 @@ from ..devices import choice_note
 from ..engine.cache import AdapterCache
 from ..engine.model import MultiTaskModel
 from ..engine.watch import StoreWatcher
-from ..tasks import SERVED_NAME_RULE, is_served_name
+from ..tasks import is_served_name
 from ..tasks.kinds import kind_of
 from . import admin
 from .batcher import Batcher
 from .config import ServeConfig
-from .errors import ServeError, deadline_exceeded, unknown_task
 from .fairness import TenantRates
-from .limits import BodyLimit, JsonBodies, check_inputs
+from .limits import BodyLimit, JsonBodies
 from .metrics import ServerMetrics
-from .models import (
-    AdapterList,
-    AdapterState,
-    ErrorBody,
-    Health,
-    PredictRequest,
-    PredictResponse,
-    ReplaceRequest,
-    TaskInfo,
-    TaskList,
-)
-from .tenants import Tenant, Tenants
+from .models import TaskInfo
+from .responses import add_error_handlers
+from .routes import admin as admin_routes
+from .routes import health, predict
+from .tenants import Tenants
 
 log = logging.getLogger("adapters_kit.server")
 
 ENGINE_FAILED_EXIT = 70  # EX_SOFTWARE: `serve` exits with it if the engine thread dies
-_ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404, 413, 422, 429, 503, 504)}
-
-
-def _json(status: int, body: dict, headers: dict | None = None) -> Response:
-    try:
-        text = json.dumps(body, allow_nan=False)
-    except ValueError:  # NaN is not JSON: a null, and a note in the log (adapters are checked
-        log.warning("a response held a non-finite number; sent as null")  # finite at load)
-        text = json.dumps(_finite(body), allow_nan=False)
-    return Response(text, status_code=status, headers=headers, media_type="application/json")
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 class Server:
@@ -208,6 +171,24 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
                server: Server | None = None) -> FastAPI:
     """The FastAPI app for `config` (the engine is built here unless `model` or `server` is given)."""
     srv = server or Server(config, model)
+    app = FastAPI(title="adapters-kit", version="1", lifespan=_lifespan(srv), summary=(
+        "Many LoRA task adapters on one base model: predictions batched across tasks."))
+    app.state.server = srv
+    add_error_handlers(app)
+    app.include_router(predict.router(srv))
+    app.include_router(admin_routes.router(srv))
+    if srv.jobs is not None:  # serve --jobs
+        from .routes import jobs
+
+        app.include_router(jobs.router(srv))
+    app.include_router(health.router(srv))
+    uploads = {"/v1/jobs": config.job_max_bytes} if srv.jobs is not None else None
+    return _Instrumented(BodyLimit(JsonBodies(app), config.max_body_bytes, uploads), app,
+                         srv.metrics)
+
+
+def _lifespan(srv: Server):
+    """Start the engine (and the jobs) before the first request; stop them after the last."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -224,194 +205,7 @@ def create_app(config: ServeConfig, model: MultiTaskModel | None = None,
                 await srv.jobs.stop()
             await srv.stop()
 
-    app = FastAPI(title="adapters-kit", version="1", lifespan=lifespan, summary=(
-        "Many LoRA task adapters on one base model: predictions batched across tasks."))
-    app.state.server = srv
-
-    # -- errors ---------------------------------------------------------------------------------
-
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, e: ServeError):
-        return _json(e.status, e.body(), e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        problems = []
-        for err in e.errors()[:5]:  # never echo the input back: it may be large
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _json(422, {"error": {"code": "invalid_request", "message": "; ".join(problems)
-                                     + " (see the request schema at /docs)"}})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, e: StarletteHTTPException):
-        if e.status_code == 400:  # FastAPI could not parse the body: bad UTF-8, bad or deep JSON
-            return _json(422, {"error": {"code": "invalid_request", "message": (
-                "the body is not a JSON document this server can read (invalid UTF-8, invalid "
-                "JSON, or nested too deeply); send a JSON object such as "
-                '{"task": "sst2", "inputs": ["a text"]} (see the request schema at /docs)')}})
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return _json(e.status_code, {"error": {"code": code, "message": str(e.detail)}},
-                     getattr(e, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, e: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        return _json(500, {"error": {"code": "internal", "message": "internal error; it is in "
-                                     "the server log"}})
-
-    # -- callers --------------------------------------------------------------------------------
-
-    def caller(request: Request) -> Tenant:
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            key = auth[7:].strip()
-        tenant = srv.tenants.identify(key)
-        if tenant is None:
-            raise ServeError(401, "unauthorized", "missing or unknown API key; send "
-                             "'Authorization: Bearer KEY' with a key from the keys file",
-                             headers={"WWW-Authenticate": "Bearer"})
-        return tenant
-
-    Caller = Annotated[Tenant, Depends(caller)]
-
-    def admin_caller(tenant: Caller) -> Tenant:
-        if not tenant.admin:
-            raise ServeError(403, "forbidden", "admin routes need the admin key")
-        return tenant
-
-    Admin = Annotated[Tenant, Depends(admin_caller)]
-
-    # -- predictions ----------------------------------------------------------------------------
-
-    @app.post("/v1/predict", response_model=PredictResponse, responses=_ERRORS,
-              summary="Predict with one task's adapter; batched with other callers' requests")
-    async def predict(body: PredictRequest, tenant: Caller):
-        arrived = time.monotonic()
-        if not (tenant.may_use(body.task) and srv.servable(body.task)):
-            raise unknown_task()  # not counted by task: a made-up name must not become a label
-        status = 500
-        try:
-            srv.rates.admit(tenant.name)
-            inputs = [x.model_dump() if hasattr(x, "model_dump") else x for x in body.inputs]
-            check_inputs(inputs, config)
-            deadline = arrived + config.deadline_s
-            try:
-                kind, outputs, headers = await asyncio.wait_for(
-                    srv.predict(body.task, inputs, deadline, tenant.name),
-                    deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                srv.metrics.deadline_exceeded.labels("answer").inc()
-                raise deadline_exceeded(config.deadline_s) from None
-            status = 200
-        except ServeError as e:
-            status = e.status
-            raise
-        finally:
-            srv.metrics.observe_task(body.task, srv.is_resident(body.task), status,
-                                     time.monotonic() - arrived)
-        return _json(200, {"task": body.task, "kind": kind, "outputs": outputs}, headers)
-
-    @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS,
-             summary="The tasks this API key may use")
-    async def tasks(tenant: Caller):
-        def listing() -> list[TaskInfo]:  # file reads: off the event loop
-            names = [n for n in srv.store.names() if tenant.may_use(n) and srv.servable(n)]
-            return [i for i in map(srv.task_info, names) if i is not None]
-
-        return TaskList(tasks=await run_in_threadpool(listing))
-
-    # -- admin ----------------------------------------------------------------------------------
-
-    def adapter_state(name: str, residents: dict[str, str]) -> AdapterState:
-        info = srv.task_info(name)
-        return AdapterState(name=name, kind=info.kind if info else None,
-                            enabled=name not in srv.disabled, resident=name in residents,
-                            digest=residents.get(name))
-
-    def in_store(name: str) -> None:
-        if not (is_served_name(name) and srv.store.has(name)):
-            raise ServeError(404, "unknown_adapter", f"no adapter {name!r} in the store; "
-                             "GET /v1/admin/adapters lists them")
-
-    @app.get("/v1/admin/adapters", response_model=AdapterList, responses=_ERRORS,
-             summary="Every adapter in the store, with its state", tags=["admin"])
-    async def adapters(_: Admin):
-        names = await run_in_threadpool(srv.store.names)
-        residents = await srv.residents()
-        return AdapterList(adapters=[adapter_state(n, residents) for n in names])
-
-    @app.post("/v1/admin/adapters/{name}/load", response_model=AdapterState, responses=_ERRORS,
-              summary="Load (and enable) a store adapter now", tags=["admin"])
-    async def load(name: str, _: Admin):
-        in_store(name)
-        async with srv.admin_lock:
-            error = await srv.load(name)
-            if error is not None:
-                raise ServeError(422, "adapter_refused", error)
-            srv.disabled.discard(name)
-        return adapter_state(name, await srv.residents())
-
-    @app.put("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
-             summary="Install or replace an adapter from a directory on the server",
-             tags=["admin"])
-    async def replace(name: str, body: ReplaceRequest, _: Admin):
-        if not is_served_name(name):
-            raise ServeError(422, "invalid_name", f"{name!r} is not an adapter name: use "
-                             f"{SERVED_NAME_RULE} characters")
-        async with srv.admin_lock:
-            try:
-                await srv.install(name, body.source)
-            except (ValueError, OSError) as e:  # AdapterFileError is a ValueError
-                # the store and the resident version are as they were
-                raise ServeError(422, "adapter_refused", str(e)) from None
-            srv.disabled.discard(name)
-        return adapter_state(name, await srv.residents())
-
-    @app.delete("/v1/admin/adapters/{name}", response_model=AdapterState, responses=_ERRORS,
-                summary="Unload an adapter and stop serving it (it stays in the store)",
-                tags=["admin"])
-    async def unload(name: str, _: Admin):
-        in_store(name)
-        async with srv.admin_lock:
-            srv.disabled.add(name)
-            await srv.unload(name)
-        return adapter_state(name, await srv.residents())
-
-    # -- training jobs (serve --jobs) -------------------------------------------------------------
-
-    if srv.jobs is not None:
-        from . import jobs
-
-        jobs.add_routes(app, srv, caller)
-
-    # -- operations -----------------------------------------------------------------------------
-
-    @app.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}},
-             summary="The process is alive: it answers, and its engine runs")
-    async def healthz():
-        if not await srv.healthy():
-            raise ServeError(503, "engine_failed", "the engine thread died; this process cannot "
-                             "answer predictions and must be restarted")
-        return Health(status="ok")
-
-    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}},
-             summary="Ready to take predictions")
-    async def readyz():
-        if not (srv.ready and await srv.alive()):
-            raise ServeError(503, "not_ready", "the server is starting or shutting down")
-        return Health(status="ready")
-
-    @app.get("/metrics", summary="Prometheus metrics (text format)",
-             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-    async def metrics():
-        await srv.refresh_metrics()
-        return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    uploads = {"/v1/jobs": config.job_max_bytes} if srv.jobs is not None else None
-    return _Instrumented(BodyLimit(JsonBodies(app), config.max_body_bytes, uploads), app,
-                         srv.metrics)
+    return lifespan
 
 
 class _Instrumented:
