@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-from adapters_kit.engine.lora_bank import LoraBankLinear, Router, wrap
+from adapters_kit.engine.lora_bank import LoraBankLinear, Router
+from adapters_kit.engine.wrapping import wrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _lockstep import blocks, linears, lockstep  # noqa: E402

@@ -269,19 +269,3 @@ class LoraBankLinear(nn.Module):
                 h = xs[s:e].reshape(-1, x.shape[-1]) @ bank_a[row].to(x.dtype).T  # [n, r]
                 flat.addmm_(h.to(out.dtype), bank_b[row].to(out.dtype).T)
         return out
-
-
-def wrap(model: nn.Module, path: str, router: Router) -> LoraBankLinear:
-    """Replace the `nn.Linear` at `path` with a bank around it (or return the existing bank)."""
-    module = model.get_submodule(path)
-    if isinstance(module, LoraBankLinear):
-        return module
-    if not isinstance(module, nn.Linear):
-        raise TypeError(f"{path} is a {type(module).__name__}, not a linear layer")
-    from .quantized_bank import bank_for  # a bitsandbytes linear gets the bank that never merges
-
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    bank = bank_for(module)(module, router)
-    setattr(parent, child, bank)
-    return bank

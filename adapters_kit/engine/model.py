@@ -13,181 +13,28 @@ share one pass through the base, and each gets its own kind of answer.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..adapters.store import AdapterFiles, check_against_base, read_adapter
+from ..adapters.store import AdapterFiles, read_adapter
 from ..backbones import HEAD_DENSE_PATH, Backbone, encoder
 from ..backbones.quantize import Quantization
 from ..devices import engine_precision, resolve_device
-from ..errors import AdapterFileError, DataError, UnknownTaskError
-from ..tasks import TaskSpec
-from ..tasks.kinds import Kind, Row, kind_of
+from ..errors import DataError, UnknownTaskError
+from ..tasks.kinds import Row
 from ..tasks.reading import collate
-from .lora_bank import LoraBankLinear, Place, Router, rank_bucket, wrap
-from .quantized_bank import load_base, log, quantization_note
+from . import rows as bank_rows
+from .admit import Pairs, admit
+from .base import load_base
+from .batching import TextInput, plan_chunks
+from .heads import head_outputs
+from .lora_bank import LoraBankLinear, Router, rank_bucket
+from .slots import ResidentTask, SlotTable
 
-TextInput = str | tuple[str, str] | list[str] | dict
-
-
-@dataclass
-class ResidentTask:
-    """A task whose adapter occupies a slot."""
-
-    name: str
-    slot: int
-    kind: str
-    labels: list[str]
-    pair: bool
-    max_length: int
-    head_weight: torch.Tensor  # [n_outputs, hidden]
-    head_bias: torch.Tensor | None  # [n_outputs]
-    dense: tuple[torch.Tensor, torch.Tensor] | None  # a head dense saved whole: [h, h], [h]
-    path: Path
-    nbytes: int
-    digest: str
-    spec: TaskSpec
-    impl: Kind
-    place: Place = (0, -1)  # where its factors sit in the banks: (rank bucket, row)
-    users: int = 0  # forward passes using this slot right now
-    retired: bool = False  # unloaded or replaced: the slot is freed when `users` drops to 0
-
-    @property
-    def head_bytes(self) -> int:
-        """Bytes of its head held in memory (weight, bias, a dense saved whole)."""
-        parts = [self.head_weight, self.head_bias, *(self.dense or ())]
-        return sum(t.nbytes for t in parts if t is not None)
-
-
-def plan_chunks(lengths: Sequence[int], max_rows: int | None = None,
-                max_tokens: int | None = None) -> list[list[int]]:
-    """Row indices cut into forward passes: sorted by length, so short rows are not padded to
-    long ones, each chunk at most `max_rows` rows and `max_tokens` padded positions (rows x its
-    longest row). A row longer than `max_tokens` gets a chunk of its own.
-
-    The one planner of the engine (`MultiTaskModel.run_ids`, `logits_mixed`), the server's
-    batcher, evaluation and the benchmarks: scatter each chunk's outputs back by index.
-    """
-    chunks: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        n = lengths[i]  # ascending: this row is the chunk's longest
-        last = chunks[-1] if chunks else None
-        if last is not None and (max_rows is None or len(last) < max_rows) \
-                and (max_tokens is None or (len(last) + 1) * n <= max_tokens):
-            last.append(i)
-        else:
-            chunks.append([i])
-    return chunks
-
-
-class SlotTable:
-    """Slot ids, bank rows and leases: which adapter versions are resident, where their
-    factors sit, and how many passes use each one.
-
-    Ints under one lock, no tensors: the model writes and clears the banks, this table says
-    which rows. Ids are what the public API counts (`capacity`, `slot_usage`); rows are per
-    rank bucket, allocated as they fill (a quarter more at a time) and given back by `trim`.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.lock = threading.RLock()
-        self.capacity = capacity
-        self._free_ids = list(range(capacity - 1, 0, -1))  # slot 0 means "no adapter"
-        self._rows: dict[int, int] = {}  # bucket -> rows allocated
-        self._free_rows: dict[int, list[int]] = {}  # bucket -> heap of allocated rows not held
-        self._holders: dict[int, dict[int, ResidentTask]] = {}  # bucket -> row -> its version
-
-    def used(self) -> int:
-        return self.capacity - 1 - len(self._free_ids)
-
-    def rows(self, bucket: int) -> int:
-        return self._rows.get(bucket, 0)
-
-    def held(self, bucket: int) -> int:
-        return len(self._holders.get(bucket, ()))
-
-    def buckets(self) -> list[int]:
-        return sorted(self._rows)
-
-    def take(self, task: ResidentTask, bucket: int) -> int:
-        """Give `task` a slot id and the lowest free row of `bucket`; returns the rows the
-        bucket must have for it."""
-        if not self._free_ids:
-            old = self.capacity
-            self.capacity *= 2
-            self._free_ids = list(range(self.capacity - 1, old - 1, -1))
-        task.slot = self._free_ids.pop()
-        free = self._free_rows.setdefault(bucket, [])
-        if not free:
-            n = self._rows.get(bucket, 0)
-            grown = n + max(1, n // 4)
-            for r in range(n, grown):
-                heapq.heappush(free, r)
-            self._rows[bucket] = grown
-        row = heapq.heappop(free)
-        task.place = (bucket, row)
-        self._holders.setdefault(bucket, {})[row] = task
-        return self._rows[bucket]
-
-    def free(self, task: ResidentTask) -> int:
-        """Give back `task`'s id and row; returns the rows its bucket keeps (0: none left)."""
-        bucket, row = task.place
-        self._free_ids.append(task.slot)
-        holders = self._holders[bucket]
-        del holders[row]
-        if not holders:  # an empty bucket costs nothing to drop
-            del self._holders[bucket], self._rows[bucket], self._free_rows[bucket]
-            return 0
-        heapq.heappush(self._free_rows[bucket], row)
-        return self._rows[bucket]
-
-    def versions(self) -> list[ResidentTask]:
-        """Every adapter version holding a row, retired ones still in use included."""
-        return [t for holders in self._holders.values() for t in holders.values()]
-
-    def acquire(self, task: ResidentTask) -> None:
-        task.users += 1
-
-    def release(self, task: ResidentTask) -> bool:
-        """End one lease; True when that freed a retired version (the caller frees it)."""
-        task.users -= 1
-        return task.retired and task.users == 0
-
-    def retire(self, task: ResidentTask) -> bool:
-        """Mark a version unloaded or replaced; True when no pass uses it (free it now)."""
-        task.retired = True
-        return task.users == 0
-
-    def compaction(self, bucket: int) -> tuple[list[tuple[ResidentTask, int, int]], int]:
-        """Moves (version, from row, to row) that fill `bucket`'s holes with its highest
-        unleased rows, and the rows it needs afterwards. Leased versions never move: a pass
-        in flight has their rows in its route."""
-        holders = self._holders.get(bucket, {})
-        holes = sorted(r for r in range(len(holders)) if r not in holders)
-        movers = sorted((r for r in holders if r >= len(holders) and holders[r].users == 0),
-                        reverse=True)
-        moves = [(holders[src], src, dst) for src, dst in zip(movers, holes)]
-        moved = {src for _, src, _ in moves}
-        top = max([dst for _, _, dst in moves] + [r for r in holders if r not in moved],
-                  default=-1)
-        return moves, top + 1
-
-    def apply(self, bucket: int, moves: list[tuple[ResidentTask, int, int]], rows: int) -> None:
-        """Record a compaction of `bucket` the banks have carried out."""
-        holders = self._holders[bucket]
-        for task, src, dst in moves:
-            del holders[src]
-            holders[dst] = task
-            task.place = (bucket, dst)
-        self._rows[bucket] = rows
-        self._free_rows[bucket] = [r for r in range(rows) if r not in holders]
-        heapq.heapify(self._free_rows[bucket])
+__all__ = ["PRECISIONS", "MultiTaskModel", "ResidentTask", "TextInput", "plan_chunks"]
 
 
 PRECISIONS = {"fp32", "bf16", "auto"}
@@ -297,11 +144,7 @@ class MultiTaskModel:
             rank = max((a.shape[0] for a, _, _ in pairs.values()), default=1)
             rows = self.slots.take(resident, rank_bucket(rank))
             try:
-                for module in pairs:
-                    if module not in self.banks:
-                        self.banks[module] = wrap(self.model, module, self.router)
-                for module, (a, b, scale) in pairs.items():
-                    self.banks[module].set_slot(resident.place, a, b, scale, rows)
+                bank_rows.write(self.banks, self.model, self.router, resident.place, pairs, rows)
             except BaseException:
                 self._free(resident, counted=False)
                 raise
@@ -311,44 +154,14 @@ class MultiTaskModel:
                 self._retire(current)
         return name
 
+    def _prepare(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, Pairs]:
+        """Everything a load computes from the files before it touches a slot."""
+        return admit(files, name, self.model, self.fingerprint, self.quantization,
+                     self.dense_name, self.device)
+
     def check(self, files: AdapterFiles) -> None:
         """Everything a load checks, without loading: AdapterFileError if it would be refused."""
         self._prepare(files, files.name)
-
-    def _prepare(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, dict]:
-        """Everything a load computes from the files before it touches a slot."""
-        try:
-            return self._resident(files, name)
-        except AdapterFileError:
-            raise
-        except Exception as e:  # a fault of the files no check names: still theirs alone
-            raise AdapterFileError(f"adapter {files.path} refused: {type(e).__name__}: {e}; "
-                                   "re-export the adapter. Nothing was loaded from it") from None
-
-    def _resident(self, files: AdapterFiles, name: str) -> tuple[ResidentTask, dict]:
-        check_against_base(files, self.model, self.fingerprint)
-        note = quantization_note(files.task["backbone"].get("quantization"), self.quantization,
-                                 files.path)
-        if note:
-            log.info(note)
-        spec = files.spec
-        hidden = self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") \
-            else self.model.config.dim
-        pairs = {m: (a, b, files.scale(m)) for m, (a, b) in files.lora_pairs().items()}
-        w, bias = files.head()
-        dense = files.dense_override(self.dense_name)
-        if dense is not None:
-            if tuple(dense[0].shape) != (hidden, hidden) or tuple(dense[1].shape) != (hidden,):
-                raise AdapterFileError(f"adapter {files.path} refused: its {self.dense_name} is "
-                                       f"{tuple(dense[0].shape)} but this base needs ({hidden}, "
-                                       f"{hidden}); use the backbone it was trained on")
-            dense = (self._here(dense[0]), self._here(dense[1]))
-        resident = ResidentTask(
-            name=name, slot=-1, kind=spec.kind, labels=list(spec.labels), pair=spec.is_pair,
-            max_length=spec.max_length, head_weight=self._here(w),
-            head_bias=None if bias is None else self._here(bias), dense=dense, path=files.path,
-            nbytes=files.nbytes, digest=files.digest, spec=spec, impl=kind_of(spec))
-        return resident, pairs
 
     def _here(self, t: torch.Tensor) -> torch.Tensor:
         """A head tensor from the files, fp32 on the base's device."""
@@ -379,12 +192,7 @@ class MultiTaskModel:
     def _free(self, task: ResidentTask, counted: bool = True) -> None:
         """Clear a version's rows in the banks and give its slot back (lock held); `counted`:
         its head is in `resident_bytes` (False for a load refused halfway)."""
-        for bank in self.banks.values():
-            bank.clear_slot(task.place)
-        bucket = task.place[0]
-        if self.slots.free(task) == 0:
-            for bank in self.banks.values():
-                bank.resize(bucket, 0)
+        bank_rows.clear(self.banks, task.place, bucket_empty=self.slots.free(task) == 0)
         if counted:
             self._head_bytes -= task.head_bytes
 
@@ -399,39 +207,20 @@ class MultiTaskModel:
     def slot_bytes(self, rank: int = 8) -> int:
         """Bank memory one resident adapter of rank `rank` takes (every bank in use, its rank
         padded to its bucket)."""
-        bucket = rank_bucket(rank)
-        return sum(bucket * (bank.in_features + bank.out_features) * 4
-                   for bank in self.banks.values())
+        return bank_rows.slot_bytes(self.banks, rank)
 
     def resident_bytes(self, trimmed: bool = False) -> int:
         """Bytes the engine holds for its adapters: every allocated bank row, padding and free
         rows included, plus the head of every version holding a slot. `trimmed`: what `trim`
         would leave (rows in use only)."""
         with self._lock:
-            if not trimmed:
-                return sum(b.nbytes() for b in self.banks.values()) + self._head_bytes
-            rows = 0
-            for bucket in self.slots.buckets():
-                held = self.slots.held(bucket)
-                rows += sum(min(held, bank.rows(bucket)) * bucket
-                            * (bank.in_features + bank.out_features) * 4
-                            for bank in self.banks.values())
-            return rows + self._head_bytes
+            return bank_rows.nbytes(self.banks, self.slots, trimmed) + self._head_bytes
 
     def trim(self) -> int:
         """Give back bank rows no adapter holds: unleased adapters move down into the holes,
         each bucket shrinks to the rows in use. Returns the bytes now held."""
         with self._lock:
-            for bucket in self.slots.buckets():
-                moves, rows = self.slots.compaction(bucket)
-                if not moves and rows == self.slots.rows(bucket):
-                    continue
-                for bank in self.banks.values():
-                    for _, src, dst in moves:
-                        bank.move(bucket, src, dst)
-                    if bank.rows(bucket) > rows:
-                        bank.resize(bucket, rows)
-                self.slots.apply(bucket, moves, rows)
+            bank_rows.compact(self.banks, self.slots)
             return self.resident_bytes()
 
     # -- inference ------------------------------------------------------------------------------
@@ -464,34 +253,11 @@ class MultiTaskModel:
                 torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             hidden = encoder.encoder_hidden(self.arch, self.model, input_ids, mask,  # [B, T, hidden]
                                           self.tokenizer.sep_token_id).float()
-            cls = hidden[:, 0]  # [B, hidden]
+            shared = None  # [B, hidden]: the base's head dense over the first token, activated
             if any(t.spec.is_sequence for t in tasks):
                 dense = encoder.dense_module(self.arch, self.model)
-                shared = encoder.dense_activation(self.arch, dense(cls).float())  # [B, hidden]
-        spans: list[tuple[ResidentTask, int, int, torch.Tensor]] = []
-        start = 0
-        while start < len(tasks):  # heads are small: one matmul per version in the batch
-            t, end = tasks[start], start + 1
-            while end < len(tasks) and tasks[end] is t:
-                end += 1
-            if t.spec.is_sequence:
-                feats = shared[start:end]
-                if t.dense is not None:
-                    w, b = t.dense
-                    feats = encoder.dense_activation(self.arch, cls[start:end] @ w.T + b)
-            else:
-                feats = hidden[start:end]  # token-level heads read every position
-            logits = feats @ t.head_weight.T
-            if t.head_bias is not None:
-                logits = logits + t.head_bias
-            spans.append((t, start, end, logits))
-            start = end
-        out: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
-        for (t, start, end, _), logits in zip(spans, _to_cpu([s[3] for s in spans])):
-            for i in range(end - start):
-                row = order[start + i]
-                out[row] = logits[i] if t.spec.is_sequence else logits[i, : len(ids[start + i])]
-        return out
+                shared = encoder.dense_activation(self.arch, dense(hidden[:, 0]).float())
+        return head_outputs(self.arch, tasks, hidden, shared, [len(x) for x in ids], order)
 
     def run_rows(self, ids: list[list[int]], tasks: list[ResidentTask], max_rows: int | None = 64,
                  max_tokens: int | None = None) -> list[torch.Tensor]:
@@ -597,11 +363,3 @@ class MultiTaskModel:
     def logits(self, task: str, inputs: list[TextInput]) -> torch.Tensor:
         """Raw outputs [n, n_outputs] for one sequence-kind task's inputs."""
         return torch.stack(self.logits_mixed([(task, x) for x in inputs]))
-
-
-def _to_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """`tensors` on the CPU: from a GPU in one copy (one sync, not one per head), not K."""
-    if not tensors or tensors[0].device.type == "cpu":
-        return tensors
-    flat = torch.cat([t.reshape(-1) for t in tensors]).cpu()
-    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
