@@ -618,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train two demo adapters and serve both on one base model")
     p.add_argument("--out", default="adapters-demo", help="where the demo writes its adapters")
     p.set_defaults(func=cmd_demo)
+    __import__("adapters_kit.cli_distill", fromlist=["add_parsers"]).add_parsers(sub)  # distillation
     return ap
 
 
