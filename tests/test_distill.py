@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,3 +269,20 @@ def test_bad_distillation_input_is_refused_naming_the_value(students, teacher_ad
     with pytest.raises(DataError, match=r"numbers.tsv has no text column .*\['id', 'score'\]"):
         distill(path, tmp_path / "z", "tiny-cut", quick("tiny-cut"), task=spec, unlabelled=numbers)
     assert not (tmp_path / "z").exists()
+
+
+def test_general_distillation_brings_a_student_towards_its_teacher(teacher_base, tmp_path):
+    from adapters_kit.training.general_distill import GeneralDistillConfig, general_distill
+
+    made = make_student("tiny-general", teacher_base, share_layers=True, embedding_size=16,
+                        overwrite=True)
+    texts = write_tsv(tmp_path / "texts.tsv", ["text"], [(t,) for t, _ in sentiment_rows(960, seed=4)])
+    result = general_distill("tiny-general", texts, GeneralDistillConfig(
+        batch_size=16, learning_rate=3e-3, progress=False, device="cpu"))
+    info = json.loads((Path(made.path) / "adapters_kit_base.json").read_text())["student"]
+    assert result.steps == 60 and info["general_distillation"]["steps"] == 60
+    first, last = info["general_distillation"]["first_loss"], info["general_distillation"]["last_loss"]
+    assert last < 0.8 * first  # hidden states and attention closer to the teacher's
+    assert Backbone.resolve("tiny-general").fingerprint() != made.fingerprint
+    with pytest.raises(BackboneError, match="is not a made student"):
+        general_distill(teacher_base, [t for t, _ in sentiment_rows(8)])
