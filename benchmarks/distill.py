@@ -75,8 +75,9 @@ def metric_of(path: Path, split: str) -> float:
     return float(result["metrics"][get_task(spec["task"]["name"]).metric])
 
 
-def task_part(args, task: str, students: list[str], split: str = "dev") -> dict:
-    """Teacher, the label-only student and the distilled student of each of `students`."""
+def task_part(args, task: str, students: list[str], split: str = "dev", labels_only: bool = True) -> dict:
+    """Teacher, the label-only student (unless not `labels_only`) and the distilled student of
+    each of `students`."""
     spec = get_task(task)
     common = {"task": task, "max_train_examples": args.max_train_examples, "epochs": args.epochs}
     teacher = cached(args.work, f"{task}-teacher", {**common, "backbone": TEACHER},
@@ -84,16 +85,17 @@ def task_part(args, task: str, students: list[str], split: str = "dev") -> dict:
     rows = {"teacher": {"backbone": TEACHER, "metric": metric_of(teacher, split), "path": str(teacher)}}
     for name in students:
         info = student(name)
-        labels = cached(args.work, f"{task}-{name}-labels", {**common, "backbone": name,
-                                                              "student": info["fingerprint"]},
-                        lambda p, n=name: train(spec, p, config(args, n)))
         how = {"temperature": args.temperature, "alpha": args.alpha}
         distilled = cached(args.work, f"{task}-{name}-distilled",
                            {**common, "backbone": name, "student": info["fingerprint"], **how,
                             "teacher": str(teacher)},
                            lambda p, n=name, how=how: distill(teacher, p, n, config(args, n), **how))
-        rows[f"{name} labels only"] = {"backbone": name, "metric": metric_of(labels, split),
-                                       "path": str(labels)}
+        if labels_only:
+            labels = cached(args.work, f"{task}-{name}-labels", {**common, "backbone": name,
+                                                                  "student": info["fingerprint"]},
+                            lambda p, n=name: train(spec, p, config(args, n)))
+            rows[f"{name} labels only"] = {"backbone": name, "metric": metric_of(labels, split),
+                                           "path": str(labels)}
         rows[f"{name} distilled"] = {"backbone": name, "metric": metric_of(distilled, split),
                                      "path": str(distilled)}
         if args.unlabelled and spec.name == "sst2":
@@ -113,7 +115,7 @@ def task_part(args, task: str, students: list[str], split: str = "dev") -> dict:
         r["behind_teacher_points"] = round((t - r["metric"]) * scale, 2)
         print(f"  {label:<45} {r['metric'] * scale:6.2f}  ({r['behind_teacher_points']:+.2f} behind "
               "the teacher)")
-    for name in students:
+    for name in students if labels_only else []:
         gain = (rows[f"{name} distilled"]["metric"] - rows[f"{name} labels only"]["metric"]) * scale
         rows[f"{name} distilled"]["over_labels_only_points"] = round(gain, 2)
         print(f"  {name}: distillation over labels alone: {gain:+.2f} points")
@@ -163,6 +165,7 @@ def latency_part(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", required=True, choices=["latency", "sst2", "agnews", "albert", "ner"])
+    ap.add_argument("--albert-tasks", default="sst2,ag_news", help="albert: the tasks (comma-separated)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/adapters_kit/bench/distill")
     ap.add_argument("--max-train-examples", type=int, default=8000,
                     help="training rows for teacher and students alike (default 8000)")
@@ -182,13 +185,14 @@ def main() -> None:
     elif args.part in ("sst2", "agnews"):
         result = task_part(args, TASKS[args.part], [MINI])
     elif args.part == "albert":
-        result = {t: task_part(args, t, [SHARED_STUDENT]) for t in ("sst2", "ag_news")}
-        info = result["sst2"]["students"][SHARED_STUDENT]
+        result = {t: task_part(args, t, [SHARED_STUDENT], labels_only=False)
+                  for t in args.albert_tasks.split(",")}
+        info = next(iter(result.values()))["students"][SHARED_STUDENT]
         print(f"\n{SHARED_STUDENT}: base bytes {info['disk_bytes_ratio']:.3f}x the teacher's on disk, "
               f"{info['memory_bytes_ratio']:.3f}x in memory (target <= 0.35)")
     else:
         require_shared("conll2003")
-        result = task_part(args, "conll2003", [MINI], split="test")
+        result = task_part(args, "conll2003", [MINI], split="test", labels_only=False)
     emit({"benchmark": "distill", "part": args.part, "seconds": round(time.perf_counter() - started, 1),
           "shared_data": str(SHARED), **({"result": result} if args.part != "albert" else result)})
 

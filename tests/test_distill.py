@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, _tokenizer, quick, sentiment_rows, write_tsv
+from helpers import ROOT, _tokenizer, _vocab, quick, sentiment_rows, write_tsv
 from safetensors.torch import load_file
 from test_ner_qa import ner_rows, squad_json
 
@@ -31,12 +31,23 @@ def teacher_base(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("teacher") / "distilbert4"
     folder.mkdir()
-    tok = _tokenizer(folder)
+    _tokenizer(folder)
     torch.manual_seed(0)
-    DistilBertModel(DistilBertConfig(vocab_size=len(tok.get_vocab()), dim=32, hidden_dim=64,
+    DistilBertModel(DistilBertConfig(vocab_size=len(_vocab()), dim=32, hidden_dim=64,
                                      n_layers=4, n_heads=2, max_position_embeddings=64,
                                      initializer_range=0.3)).save_pretrained(str(folder))
     return str(folder)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_students():
+    """The students made here leave the session's registry after this file (the default grid
+    of `compare` lists every registered student)."""
+    yield
+    from adapters_kit.backbones.made import unregister
+
+    for name in [n for n in read_registry() if n.startswith("tiny-")]:
+        unregister(name)
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +297,38 @@ def test_general_distillation_brings_a_student_towards_its_teacher(teacher_base,
     assert Backbone.resolve("tiny-general").fingerprint() != made.fingerprint
     with pytest.raises(BackboneError, match="is not a made student"):
         general_distill(teacher_base, [t for t, _ in sentiment_rows(8)])
+
+
+# -- the CLI and compare -------------------------------------------------------------------------
+
+def test_cli_makes_students_and_distils_with_errors_naming_the_value(teacher_base, teacher_adapter,
+                                                                      tmp_path, capsys):
+    from adapters_kit.cli import main
+
+    assert main(["backbones", "make", "tiny-cli", "--from", teacher_base, "--layers", "1",
+                 "--overwrite", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)["student"]
+    assert made["depth"] == 1 and made["teacher_layers"] == [0] and made["params_ratio"] < 1
+    assert main(["backbones", "--json"]) == 0  # the plain listing still works, students in it
+    assert "tiny-cli" in {b["name"] for b in json.loads(capsys.readouterr().out)["backbones"]}
+    assert main(["backbones", "make", "tiny-cli2", "--from", teacher_base, "--layers", "7"]) == 2
+    assert "layers=7 is more than" in capsys.readouterr().err
+    spec, path = teacher_adapter
+    assert main(["distill", str(path), "--student", "tiny-cli", "--temperature", "0"]) == 2
+    assert "temperature 0.0 must be a number above 0" in capsys.readouterr().err
+    code = main(["distill", str(path), "--student", "tiny-cli", "--out", str(tmp_path / "s"),
+                 "--epochs", "1", "--json"])
+    assert code == 0, capsys.readouterr()
+    out = json.loads(capsys.readouterr().out)
+    assert out["student"] == "tiny-cli" and out["path"] == str(tmp_path / "s")
+
+
+def test_compare_takes_a_student_and_shows_its_memory(teacher_base, students, tmp_path):
+    from adapters_kit import compare
+
+    result = compare("support_intent", [teacher_base, "tiny-cut"], "fp32", budget_s=2,
+                     max_train_examples=48, out=tmp_path / "cmp", progress=False, threads=1)
+    by = {r["backbone"]: r for r in result.results}
+    assert "skipped" not in by["tiny-cut"], by["tiny-cut"]
+    assert by["tiny-cut"]["base_resident_bytes"] < by[teacher_base]["base_resident_bytes"]
+    assert "tiny-cut" in result.table()
