@@ -35,13 +35,15 @@ from adapters_kit.tasks.kinds import kind_of
 from adapters_kit.training import distill
 
 TEACHER = "embedded-distilbert"
-MINI, SHARED_STUDENT = "distil-mini-3", "distil-shared-128"
+MINI, SHARED_STUDENT, MINI_GD = "distil-mini-3", "distil-shared-128", "distil-mini-3-gd"
 TASKS = {"sst2": "sst2", "agnews": "ag_news", "ner": "conll2003"}
 
 
 def student(name: str) -> dict:
     """Make (once) and report a student of the teacher."""
     if name not in read_registry():
+        if name == MINI_GD:
+            raise SystemExit(f"{MINI_GD} is made by --part general; run that first")
         if name == MINI:
             make_student(MINI, TEACHER, layers=3)
         else:
@@ -162,9 +164,28 @@ def latency_part(args) -> dict:
             "student": info, "rounds": args.rounds}
 
 
+def general_part(args) -> dict:
+    """A 3-layer student distilled on SST-2 train's sentences (unlabelled) for a time budget."""
+    from adapters_kit.training.general_distill import GeneralDistillConfig, general_distill
+
+    make_student(MINI_GD, TEACHER, layers=3, overwrite=True)
+    result = general_distill(MINI_GD, "{shared}/sst2/train.tsv", GeneralDistillConfig(
+        max_seconds=args.general_seconds, learning_rate=args.general_lr, max_length=64,
+        progress=False, threads=args.threads)).to_dict()
+    print(f"\n{MINI_GD}: {result['steps']} steps of general distillation on {result['texts']} SST-2 "
+          f"train sentences in {result['seconds']:.0f} s; loss {result['first_loss']:.4f} -> "
+          f"{result['last_loss']:.4f}")
+    return {"general_distillation": result, "student": report(MINI_GD).to_dict()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True, choices=["latency", "sst2", "agnews", "albert", "ner"])
+    ap.add_argument("--part", required=True,
+                    choices=["latency", "sst2", "agnews", "albert", "ner", "general"])
+    ap.add_argument("--student", default=MINI, help=f"sst2, agnews, ner: the student ({MINI}, or "
+                    f"{MINI_GD} after --part general)")
+    ap.add_argument("--general-seconds", type=float, default=480.0)
+    ap.add_argument("--general-lr", type=float, default=2e-4)
     ap.add_argument("--albert-tasks", default="sst2,ag_news", help="albert: the tasks (comma-separated)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache/adapters_kit/bench/distill")
     ap.add_argument("--max-train-examples", type=int, default=8000,
@@ -182,8 +203,10 @@ def main() -> None:
     started = time.perf_counter()
     if args.part == "latency":
         result = latency_part(args)
+    elif args.part == "general":
+        result = general_part(args)
     elif args.part in ("sst2", "agnews"):
-        result = task_part(args, TASKS[args.part], [MINI])
+        result = task_part(args, TASKS[args.part], [args.student])
     elif args.part == "albert":
         result = {t: task_part(args, t, [SHARED_STUDENT], labels_only=False)
                   for t in args.albert_tasks.split(",")}
@@ -192,7 +215,7 @@ def main() -> None:
               f"{info['memory_bytes_ratio']:.3f}x in memory (target <= 0.35)")
     else:
         require_shared("conll2003")
-        result = task_part(args, "conll2003", [MINI], split="test", labels_only=False)
+        result = task_part(args, "conll2003", [args.student], split="test", labels_only=False)
     emit({"benchmark": "distill", "part": args.part, "seconds": round(time.perf_counter() - started, 1),
           "shared_data": str(SHARED), **({"result": result} if args.part != "albert" else result)})
 
