@@ -118,9 +118,11 @@ def task_part(args, task: str, students: list[str], split: str = "dev", labels_o
         print(f"  {label:<45} {r['metric'] * scale:6.2f}  ({r['behind_teacher_points']:+.2f} behind "
               "the teacher)")
     for name in students if labels_only else []:
-        gain = (rows[f"{name} distilled"]["metric"] - rows[f"{name} labels only"]["metric"]) * scale
-        rows[f"{name} distilled"]["over_labels_only_points"] = round(gain, 2)
-        print(f"  {name}: distillation over labels alone: {gain:+.2f} points")
+        base = rows[f"{name} labels only"]["metric"]
+        for label, r in rows.items():
+            if label.startswith(f"{name} distilled"):
+                r["over_labels_only_points"] = round((r["metric"] - base) * scale, 2)
+                print(f"  {label}: {r['over_labels_only_points']:+.2f} points over labels alone")
     return {"task": task, "split": split, "metric": spec.metric, "settings": {
         **common, "temperature": args.temperature, "alpha": args.alpha}, "rows": rows,
         "students": {n: student(n) for n in students}}
