@@ -46,7 +46,7 @@ def _forget_students():
     yield
     from adapters_kit.backbones.made import unregister
 
-    for name in [n for n in read_registry() if n.startswith("tiny-")]:
+    for name in [n for n in read_registry() if n.startswith(("tiny-", "real-"))]:
         unregister(name)
 
 
@@ -332,3 +332,15 @@ def test_compare_takes_a_student_and_shows_its_memory(teacher_base, students, tm
     assert "skipped" not in by["tiny-cut"], by["tiny-cut"]
     assert by["tiny-cut"]["base_resident_bytes"] < by[teacher_base]["base_resident_bytes"]
     assert "tiny-cut" in result.table()
+
+
+@pytest.mark.slow
+def test_real_students_of_the_embedded_backbone_and_their_sizes():
+    cut = make_student("real-mini-3", "embedded-distilbert", layers=3, overwrite=True).to_dict()
+    assert cut["teacher_layers"] == [0, 2, 4] and 0.7 < cut["params_ratio"] < 0.8
+    shared = make_student("real-shared-128", "embedded-distilbert", share_layers=True,
+                          embedding_size=128, overwrite=True).to_dict()
+    assert shared["disk_bytes_ratio"] <= 0.35 and shared["memory_bytes_ratio"] <= 0.35
+    assert shared["teacher_layers"] == [3] and shared["depth"] == 6
+    for made in (cut, shared):
+        _plain(made["path"])
