@@ -27,6 +27,7 @@ from .._quiet import quiet_transformers
 from ..errors import BackboneError
 from ..files import atomic_directory, recover_directory
 from .embedded import BASE_INFO, EMBEDDED, cache_root, embedded_dir
+from .made import read_registry, student_dir
 
 DEFAULT_BACKBONE = "embedded-distilbert"
 SUPPORTED_ARCHS = ("distilbert", "albert")
@@ -158,13 +159,14 @@ def _materialise(name_or_path: str) -> Path:
 
 
 def base_dir(name: str | Path) -> Path:
-    """The local base folder for a backbone name (embedded, hub or local path)."""
+    """The local base folder for a backbone name (embedded, a made student, hub or local path)."""
     name = str(name)
     if name in EMBEDDED:
         return embedded_dir(name)
     if name.startswith("embedded-"):
         raise BackboneError(f"unknown embedded backbone {name!r}; choose one of {sorted(EMBEDDED)}")
-    return _materialise(name)
+    student = student_dir(name)
+    return student if student is not None else _materialise(name)
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -284,5 +286,8 @@ class Backbone:
 
 
 def describe_backbones() -> list[dict]:
-    """The embedded backbones with their trade-off, for `adapters-kit backbones` and the README."""
-    return [{"name": n, "description": d} for n, d in EMBEDDED.items()]
+    """The embedded backbones with their trade-off, then the made students, for `adapters-kit
+    backbones` and the README."""
+    made = [{"name": n, "description": f"{r.get('style')} student of {r.get('teacher')} ({r['path']})"}
+            for n, r in sorted(read_registry().items())]
+    return [{"name": n, "description": d} for n, d in EMBEDDED.items()] + made

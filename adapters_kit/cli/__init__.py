@@ -11,6 +11,7 @@ import os
 import sys
 
 from ..errors import AdaptersKitError, TrainingInterrupted
+from . import distill
 from .adapters import add_eval, add_merge, add_predict, cmd_eval, cmd_merge, cmd_predict
 from .args import Parser, UsageError
 from .compare import add_compare, add_demo, cmd_compare, cmd_demo
@@ -33,6 +34,7 @@ def build_parser() -> Parser:
                          (add_predict, cmd_predict), (add_merge, cmd_merge),
                          (add_serve, cmd_serve), (add_jobs, cmd_jobs), (add_demo, cmd_demo)):
         add(sub).set_defaults(func=command)
+    distill.add_parsers(sub)  # distill, and `backbones make`
     return ap
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import EMBEDDED
+from ..backbones.made import read_registry
 from ..errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "8bit", "4bit")
@@ -139,7 +140,7 @@ def precision_problem(precision: str, device: str, asked: bool) -> str | None:
 def backbone_problem(name: str) -> str | None:
     """Why a backbone cannot be had here, or None: a folder that is not there, or a hub name
     the hub cannot give (it loads later, or fails then, with its own reason)."""
-    if name in EMBEDDED or Path(name).expanduser().exists():
+    if name in EMBEDDED or name in read_registry() or Path(name).expanduser().exists():
         return None
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
         return f"there is no model folder {name}; give an existing folder or a hub name"
@@ -171,8 +172,9 @@ def hub_problem(name: str, timeout_s: float = 3.0) -> str | None:
 def plan(backbones: list[str] | None, precisions: list[str] | None, device: str) -> list[Cell]:
     """Every combination asked for (or the defaults), each marked with why it cannot run here.
 
-    Defaults: the embedded backbones plus the hub ones (skipped, with the reason, when the hub
-    cannot give them); every precision, those this machine cannot run skipped with the reason.
+    Defaults: the embedded backbones, the made students (`adapters-kit backbones make`), plus
+    the hub ones (skipped, with the reason, when the hub cannot give them); every precision,
+    those this machine cannot run skipped with the reason.
     """
     if precisions is not None:
         bad = [p for p in precisions if p not in PRECISIONS]
@@ -180,7 +182,7 @@ def plan(backbones: list[str] | None, precisions: list[str] | None, device: str)
             raise ConfigError(f"precision {bad[0]!r} is not one of {', '.join(PRECISIONS)}; "
                               "e.g. --precisions fp32,bf16")
     asked_precisions = precisions is not None
-    backbones = backbones or [*EMBEDDED, *HUB_BACKBONES]
+    backbones = backbones or [*EMBEDDED, *sorted(read_registry()), *HUB_BACKBONES]
     precisions = precisions or list(PRECISIONS)
     for name in backbones:
         if name.startswith("embedded-") and name not in EMBEDDED:

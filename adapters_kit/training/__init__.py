@@ -3,12 +3,15 @@ save), over `config` (TrainConfig and the resolved config), `data`, `setup` (mod
 optimizer, schedule), `checkpoint` (resume state), `fit` (the step loop, early stopping),
 `evaluate` and `save`; `many.train_many` trains many tasks in one pass over one shared
 base (`routing`), in one or several `lanes` side by side; DDP under accelerate
-(`distributed`) and the figures (`plots`)."""
+(`distributed`) and the figures (`plots`). Task distillation: `train(..., teacher=...)` over
+`teacher`, and `distill`; general distillation of a student base: `general_distill`."""
 
 from ..errors import TrainingInterrupted
 from .config import ResolvedConfig, TrainConfig
+from .distill import distill
 from .loop import TrainResult, lora_config, train
 from .many import TrainJob, train_many
+from .teacher import Teacher
 
-__all__ = ["ResolvedConfig", "TrainConfig", "TrainResult", "TrainingInterrupted", "TrainJob",
-           "lora_config", "train", "train_many"]
+__all__ = ["ResolvedConfig", "Teacher", "TrainConfig", "TrainResult", "TrainingInterrupted", "TrainJob",
+           "distill", "lora_config", "train", "train_many"]

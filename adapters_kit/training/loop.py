@@ -33,6 +33,7 @@ from .setup import (
     trainable,
     with_lora,
 )
+from .teacher import Teacher, attach
 
 __all__ = ["PROGRESS_SECONDS", "Prepared", "ResolvedConfig", "TrainConfig", "TrainResult", "lora_config",
            "predict_logits", "predict_outputs", "prepare", "resolve_job", "train"]
@@ -41,7 +42,8 @@ __all__ = ["PROGRESS_SECONDS", "Prepared", "ResolvedConfig", "TrainConfig", "Tra
 @keeps_thread_count
 def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None = None,
           *, stop_after_step: int | None = None,
-          on_progress: Callable[[dict], None] | None = None) -> TrainResult:
+          on_progress: Callable[[dict], None] | None = None,
+          teacher: str | Path | Teacher | None = None) -> TrainResult:
     """Train a LoRA adapter and its head for `task`; write the adapter directory to `out_dir`.
 
     `stop_after_step` ends the run early without saving an adapter, raising
@@ -53,6 +55,10 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
     `config.device` says where (`auto`: a GPU when one is visible); the device used is in the
     `start` event, the result and `task.json`.
 
+    `teacher` (an adapter directory, or a `Teacher` with its temperature, alpha and unlabelled
+    text): task distillation, the loss mixing the hard labels with that adapter's soft outputs
+    (see `teacher`); `task.json` records the teacher.
+
     Under `accelerate launch` with several processes this runs as DDP (see `distributed`):
     the global batch stays `batch_size`, every process returns the same metrics, and only the
     main process writes the checkpoints and the adapter.
@@ -62,7 +68,7 @@ def train(task: str | TaskSpec, out_dir: str | Path, config: TrainConfig | None 
         torch.set_num_threads(run.threads)
     procs = Processes(torch.device(run.device))
     emit = on_progress if on_progress is not None and procs.is_main else (lambda event: None)
-    job = prepare(run, out_dir, procs, emit)
+    job = prepare(run, out_dir, procs, emit, teacher=teacher)
     job.fit.run_from(job.state, stop_after_step)
     return job.finish()
 
@@ -92,6 +98,8 @@ class Prepared:
     """The peft model: it evaluates and is saved."""
     fit: Fit
     state: FitState
+    teacher: dict | None = None
+    """The teacher's record, when distilled (task.json's `teacher`)."""
 
     def finish(self) -> TrainResult:
         """Save the best evaluation's adapter (the store's format) and report it."""
@@ -99,24 +107,30 @@ class Prepared:
         return save(self.out_dir, self.model, self.state, kind=fit.kind, run=self.run, data=fit.data,
                     evaluate=fit.evaluate, backbone=self.backbone,
                     base_fingerprint=self.base_fingerprint, procs=fit.procs,
-                    checkpoint=fit.checkpoint, emit=fit.emit)
+                    checkpoint=fit.checkpoint, emit=fit.emit,
+                    extra_meta=None if self.teacher is None else {"teacher": self.teacher})
 
 
 def prepare(run: ResolvedConfig, out_dir: Path, procs: Processes, emit: Callable[[dict], None], *,
             backbone: Backbone | None = None, tokenizer=None,
             share: Callable[[torch.nn.Module], None] | None = None,
-            fingerprints: dict | None = None) -> Prepared:
+            fingerprints: dict | None = None,
+            teacher: str | Path | Teacher | None = None) -> Prepared:
     """Read the data, build the model with LoRA, optimizer and schedule, restore a checkpoint.
 
     `train_many` passes the backbone and tokenizer it already holds, `share` (which ties the
     fresh base's weights to the one shared base, before LoRA is added) and a cache of base
-    fingerprints by kind and output count."""
+    fingerprints by kind and output count. `teacher`: see `train`."""
     kind = kind_of(run.task)
     device = procs.device  # under a launch on GPUs: this process's own
     seed_everything(run.seed)
     with procs.main_first():  # the main process converts and caches the base, then the others read it
         backbone = backbone or Backbone.resolve(run.backbone)
-        data = load_data(kind, run, tokenizer or backbone.tokenizer())
+        tokenizer = tokenizer or backbone.tokenizer()
+        data = load_data(kind, run, tokenizer)
+        attached = None
+        if teacher is not None:  # its soft targets, and the unlabelled rows, before the plan
+            data, attached = attach(Teacher.of(teacher), kind, data, backbone, tokenizer, device)
         base = kind.load_model(backbone, run.task.num_outputs)
     key = (kind.name, run.task.num_outputs)
     if fingerprints is not None and key in fingerprints:
@@ -141,17 +155,20 @@ def prepare(run: ResolvedConfig, out_dir: Path, procs: Processes, emit: Callable
     schedule = schedule_for(optimizer, steps)
 
     checkpoint = Checkpoint(out_dir.parent / ".checkpoints" / out_dir.name,
-                            run_key(run, base_fp, len(data.train_feats.ids)))
+                            run_key(run, base_fp if attached is None else f"{base_fp}|{attached.key}",
+                                    len(data.train_feats.ids)))
     state = FitState(EarlyStopping(run.patience, higher_is_better=run.task.metric != "mse"))
     progress = checkpoint.load(params, optimizer, schedule) if run.resume else None
     if progress is not None:
         state.restore(progress, checkpoint.best())
 
     evaluate = DevEvaluator(model, kind, data, procs)
-    fit = Fit(model=model, stepper=procs.wrap(model), arch=backbone.arch, kind=kind, data=data,
+    make_fit = Fit if attached is None else attached.fit  # a distilled run's loss has the teacher's
+    fit = make_fit(model=model, stepper=procs.wrap(model), arch=backbone.arch, kind=kind, data=data,
               run=run, steps=steps, params=params, optimizer=optimizer, schedule=schedule,
               device=device, autocast=autocast(run.precision, device),
               scaler=grad_scaler(run.precision, device), procs=procs, evaluate=evaluate,
               checkpoint=checkpoint, emit=emit)
     return Prepared(out_dir=out_dir, run=run, backbone=backbone, base_fingerprint=base_fp,
-                    model=model, fit=fit, state=state)
+                    model=model, fit=fit, state=state,
+                    teacher=None if attached is None else attached.record)

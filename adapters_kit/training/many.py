@@ -33,6 +33,7 @@ from .lanes import Relay, run_lanes, split
 from .loop import Prepared, prepare, resolve_job
 from .routing import SharedEncoder, task_outputs
 from .save import TrainResult
+from .teacher import Teacher
 
 __all__ = ["TrainJob", "plan_passes", "train_many"]
 
@@ -52,6 +53,8 @@ class TrainJob:
     task: str | TaskSpec
     out_dir: str | Path
     config: TrainConfig | None = None
+    teacher: str | Path | Teacher | None = None
+    """Distil this task from a teacher adapter (see `train`'s `teacher`)."""
 
 
 @dataclass
@@ -130,11 +133,11 @@ def train_many(jobs: Sequence[TrainJob], *, on_progress: Callable[[dict], None] 
     fingerprints: dict = {}
 
     members: list[_Member] = []
-    for run, out_dir in resolved:
+    for (run, out_dir), given in zip(resolved, jobs):
         name = run.task.name
         emit = _tagged(relay, name)  # a lane's events reach on_progress on this thread
         job = prepare(run, out_dir, procs, emit, backbone=backbone, tokenizer=tokenizer,
-                      share=shared.share, fingerprints=fingerprints)
+                      share=shared.share, fingerprints=fingerprints, teacher=given.teacher)
         index = shared.add(job.model)
         members.append(_Member(index, job, pace=None, batches=iter(())))  # type: ignore[arg-type]
     for m in members:  # after every model is built: setting one up draws no random numbers now

@@ -63,8 +63,9 @@ class TrainResult:
 
 def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, run: ResolvedConfig,
          data: TrainingData, evaluate: DevEvaluator, backbone: Backbone, base_fingerprint: str,
-         procs: Processes, checkpoint: Checkpoint, emit) -> TrainResult:
-    """Write the best evaluation's adapter to `out_dir` (the main process) and report it."""
+         procs: Processes, checkpoint: Checkpoint, emit, extra_meta: dict | None = None) -> TrainResult:
+    """Write the best evaluation's adapter to `out_dir` (the main process) and report it;
+    `extra_meta` adds keys to task.json (a distilled adapter's `teacher`)."""
     from peft import set_peft_model_state_dict
 
     spec, train_split, dev_split = data.spec, data.train_split, data.dev_split
@@ -112,6 +113,7 @@ def save(out_dir: Path, model: torch.nn.Module, state: FitState, *, kind: Kind, 
         "history": {"evals": state.evals},
         "dev_report": report,
         "warnings": notes,
+        **(extra_meta or {}),
     }
     if procs.is_main:
         extra = {"curves.png": curves_png(state.losses, state.evals, spec.metric,

@@ -164,6 +164,34 @@ class Kind:
     def baseline(self, spec, train, dev) -> dict:
         return {}
 
+    # -- distillation ---------------------------------------------------------------------------
+
+    def distill_loss(self, outputs: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The soft-target loss of student `outputs` against the teacher's (same shape): the KL
+        divergence of the teacher's softened distribution over the last dimension from the
+        student's, at `temperature`, times its square (Hinton et al. 2015: the gradients keep
+        their scale as the temperature changes). `mask` ([B], or [B, T] for per-token outputs)
+        marks the positions that count (padding does not); the mean is over those."""
+        import torch.nn.functional as F
+
+        t = float(temperature)
+        log_p = F.log_softmax(outputs.float() / t, -1)
+        log_q = F.log_softmax(teacher.float() / t, -1)
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # [B] or [B, T]
+        if mask is not None:
+            kl = kl[mask.bool()]
+        return kl.mean() * t * t
+
+    distils_unlabelled: bool = False
+    """Whether `unlabelled` takes texts (a kind whose inputs are not plain texts does not)."""
+
+    def unlabelled(self, spec, columns: list[list[str]], source: str):
+        """A split of unlabelled texts (one list per text field) that `featurize` takes; its
+        targets are placeholders (distillation trains on the teacher's outputs for them)."""
+        raise DataError(f"task {spec.name!r} ({self.name}) cannot take unlabelled text for "
+                        "distillation; distil on its labelled data alone (leave --unlabelled out)")
+
     # -- serving ------------------------------------------------------------------------------
 
     def coerce(self, spec, item):

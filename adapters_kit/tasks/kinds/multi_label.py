@@ -51,6 +51,17 @@ class MultiLabelKind(SequenceKind):
         return F.binary_cross_entropy_with_logits(
             outputs, targets, pos_weight=None if weight is None else weight.to(outputs.device))
 
+    def distill_loss(self, outputs, teacher, temperature, mask=None):
+        """Per label, the binary cross-entropy of the student's softened sigmoid against the
+        teacher's softened probability, less the teacher's own entropy (so it is the Bernoulli
+        KL divergence: 0 when they agree, the same gradient), times the temperature's square."""
+        t = float(temperature)
+        q_logits = teacher.float() / t
+        q = torch.sigmoid(q_logits)
+        loss = F.binary_cross_entropy_with_logits(outputs.float() / t, q, reduction="none")
+        entropy = F.binary_cross_entropy_with_logits(q_logits, q, reduction="none")
+        return (loss - entropy).mean(-1).mean() * t * t
+
     def score(self, targets, outputs):
         from sklearn.metrics import accuracy_score, f1_score
 

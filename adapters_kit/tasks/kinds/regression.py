@@ -38,6 +38,10 @@ class RegressionKind(SequenceKind):
     def loss(self, outputs, targets, weight=None):
         return F.mse_loss(outputs.reshape(-1), targets)
 
+    def distill_loss(self, outputs, teacher, temperature, mask=None):
+        """The squared error to the teacher's value (a value has no temperature to soften)."""
+        return F.mse_loss(outputs.float().reshape(-1), teacher.float().reshape(-1))
+
     def score(self, targets, outputs):
         from scipy.stats import pearsonr, spearmanr
 

@@ -80,6 +80,14 @@ class SequenceKind(Kind):
     def batch_targets(self, feats, rows, width):
         return feats.targets[rows]
 
+    distils_unlabelled = True
+
+    def unlabelled(self, spec, columns, source):
+        from ..reading import Split
+
+        n = len(columns[0])
+        return Split(texts=columns, targets=torch.zeros(n), source=source, rows=list(range(1, n + 1)))
+
     # -- scores -----------------------------------------------------------------------------
 
     def score(self, targets: torch.Tensor, outputs: torch.Tensor) -> dict[str, float]:

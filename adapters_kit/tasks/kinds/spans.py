@@ -256,6 +256,20 @@ class SpanKind(WholeHeadKind):
         return (F.cross_entropy(outputs[..., 0], targets[:, 0]) +
                 F.cross_entropy(outputs[..., 1], targets[:, 1])) / 2
 
+    def distill_loss(self, outputs, teacher, temperature, mask=None):
+        """The KL divergence of the teacher's start distribution over the window's positions
+        from the student's, and of its end distribution, averaged; padding masked out."""
+        t = float(temperature)
+        keep = torch.ones(outputs.shape[:2], dtype=torch.bool, device=outputs.device) if mask is None \
+            else mask.bool()
+        total = outputs.new_zeros((), dtype=torch.float32)
+        for k in (0, 1):  # start, end: [B, T] each, a distribution over positions
+            s = outputs[..., k].float().masked_fill(~keep, -1e4) / t
+            q = teacher[..., k].float().masked_fill(~keep, -1e4) / t
+            log_p, log_q = F.log_softmax(s, -1), F.log_softmax(q, -1)
+            total = total + (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+        return total / 2 * t * t
+
     def evaluate(self, spec, split, feats, outputs):
         by_example: dict[int, list[int]] = {}
         for row, ex in enumerate(feats.example):

@@ -214,6 +214,21 @@ class TokenKind(WholeHeadKind):
             out[j, : len(t)] = torch.tensor(t, dtype=torch.long)
         return out
 
+    distils_unlabelled = True
+
+    def unlabelled(self, spec, columns, source):
+        """Texts cut into words at white space, every word's tag a placeholder `O`."""
+        words = [text.split() for text in columns[0]]
+        keep = [i for i, w in enumerate(words) if w]
+        return TokenSplit([words[i] for i in keep], [["O"] * len(words[i]) for i in keep],
+                          [[i + 1] * len(words[i]) for i in keep], source, "row")
+
+    def distill_loss(self, outputs, teacher, temperature, mask=None):
+        """Per word piece, the KL divergence of the teacher's tag distribution from the
+        student's (every real piece, not only each word's first: the teacher has an opinion on
+        all of them), padding masked out."""
+        return super().distill_loss(outputs, teacher, temperature, mask)
+
     def loss(self, outputs, targets, weight=None):  # the card refuses class weights here
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE)
