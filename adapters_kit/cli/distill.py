@@ -111,7 +111,7 @@ def add_parsers(sub) -> None:
         p.add_argument("--max-seconds", type=float, default=600.0,
                        help="general distillation's time budget (default 600)")
         p.add_argument("--max-texts", type=_positive_int, help="use at most this many texts")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the result as one JSON line")
         p.set_defaults(func=cmd_make)
 
     p = sub.add_parser("distill", help="train a student backbone's adapter from a teacher "
@@ -123,19 +123,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--unlabelled", metavar="FILE", help="a file of unlabelled text for the "
                    "teacher to label: any text column of a csv/tsv/jsonl/parquet file, a .txt")
     p.add_argument("--text-column", help="the --unlabelled file's text column (a,b for a pair)")
-    p.add_argument("--max-unlabelled", type=_positive_int)
+    p.add_argument("--max-unlabelled", type=_positive_int,
+                   help="label at most this many rows of the --unlabelled file")
     p.add_argument("--temperature", type=float, default=2.0, help="softens both distributions (> 0)")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="the hard labels' weight, 1 - alpha the teacher's (1: labels only)")
     p.add_argument("--out", help="adapter directory (default adapters/TASK--STUDENT)")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-train-examples", type=int)
-    p.add_argument("--max-seconds", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--epochs", type=float, help="passes over the data (default: the card's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the card's)")
+    p.add_argument("--batch-size", type=int, help="rows per step (default: the card's)")
+    p.add_argument("--max-train-examples", type=int, help="train on a seeded subset of this size")
+    p.add_argument("--max-seconds", type=float, help="training time budget in seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order and LoRA init")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if visible)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=cmd_distill)
